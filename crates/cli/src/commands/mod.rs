@@ -1,0 +1,24 @@
+//! One module per group of verbs.
+
+mod host;
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+use crate::Cli;
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the host facts bulkhead depends on, without booting anything.
+    Info(host::InfoArgs),
+    /// Verify this host can run container VMs: boot one, talk to it, shut it down.
+    Check(host::CheckArgs),
+}
+
+pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::Info(args) => host::info(cli, args),
+        Command::Check(args) => host::check(cli, args),
+    }
+}
