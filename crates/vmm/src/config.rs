@@ -1,0 +1,77 @@
+use std::path::PathBuf;
+
+use crate::Accel;
+
+/// A virtio-blk disk backed by a host file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disk {
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+/// Everything that shapes one VM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// `qemu-system-x86_64`; found on `PATH` (or `BULKHEAD_QEMU`) when `None`.
+    pub qemu: Option<PathBuf>,
+    /// An uncompressed x86_64 `vmlinux` with a PVH entry note.
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// Appended to the command line this crate needs (console, reboot and panic behaviour).
+    pub cmdline: String,
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    /// Attached in order: the guest sees them as `/dev/vda`, `/dev/vdb`, …
+    pub disks: Vec<Disk>,
+    pub accel: Accel,
+    /// A directory the caller owns for this VM's sockets and QEMU's stderr; it must exist.
+    pub run_dir: PathBuf,
+    /// Where the guest's serial console is written.
+    pub console_log: PathBuf,
+}
+
+/// Below this the kernel and init do not come up.
+pub const MIN_MEMORY_MIB: u32 = 64;
+/// The microvm machine's limit with an MP table and no ACPI.
+pub const MAX_VCPUS: u32 = 32;
+
+impl VmConfig {
+    pub(crate) fn validate(&self) -> Result<(), crate::Error> {
+        use crate::Error::InvalidConfig;
+        if self.memory_mib < MIN_MEMORY_MIB {
+            return Err(InvalidConfig(format!(
+                "memory {} MiB is below the {MIN_MEMORY_MIB} MiB the guest kernel needs",
+                self.memory_mib
+            )));
+        }
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(InvalidConfig(format!("vCPU count {} is outside 1..={MAX_VCPUS}", self.vcpus)));
+        }
+        if self.cmdline.contains('\n') {
+            return Err(InvalidConfig("kernel command line contains a newline".into()));
+        }
+        if !self.kernel.exists() {
+            return Err(crate::Error::KernelMissing(self.kernel.clone()));
+        }
+        if let Some(initrd) = &self.initrd {
+            if !initrd.exists() {
+                return Err(crate::Error::InitrdMissing(initrd.clone()));
+            }
+        }
+        for disk in &self.disks {
+            if !disk.path.exists() {
+                return Err(crate::Error::DiskMissing(disk.path.clone()));
+            }
+            // QEMU's -drive syntax splits on commas; a path with one would be misparsed.
+            if disk.path.to_string_lossy().contains(',') {
+                return Err(InvalidConfig(format!("disk path {} contains a comma", disk.path.display())));
+            }
+        }
+        for path in [&self.kernel, &self.run_dir, &self.console_log] {
+            if path.to_string_lossy().contains(',') {
+                return Err(InvalidConfig(format!("path {} contains a comma, which QEMU options cannot carry", path.display())));
+            }
+        }
+        Ok(())
+    }
+}
