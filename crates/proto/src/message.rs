@@ -36,19 +36,42 @@ pub enum Message {
         boot: BootTimes,
     },
     /// Liveness probe; the peer answers `Pong` with the same sequence number.
-    Ping { seq: u64 },
-    Pong { seq: u64 },
+    Ping {
+        seq: u64,
+    },
+    Pong {
+        seq: u64,
+    },
     /// Host → guest: flush filesystems and power the VM off.
     Shutdown,
     /// Guest → host: the shutdown is under way; the VM exits next.
     ShuttingDown,
     /// Either direction: a request failed.
-    Error { message: String },
+    Error {
+        message: String,
+    },
+}
+
+impl Message {
+    /// The message's type tag, for logs and errors that must not echo a peer's contents.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "hello",
+            Message::Ready { .. } => "ready",
+            Message::Ping { .. } => "ping",
+            Message::Pong { .. } => "pong",
+            Message::Shutdown => "shutdown",
+            Message::ShuttingDown => "shutting_down",
+            Message::Error { .. } => "error",
+        }
+    }
 }
 
 /// The peer speaks another protocol version.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("agent protocol version mismatch: peer speaks v{peer}, this side speaks v{PROTOCOL_VERSION}")]
+#[error(
+    "agent protocol version mismatch: peer speaks v{peer}, this side speaks v{PROTOCOL_VERSION}"
+)]
 pub struct VersionMismatch {
     pub peer: u32,
 }

@@ -11,9 +11,15 @@ pub fn find_panic(path: &Path) -> Option<String> {
     const MAX_LINE: usize = 300;
     let bytes = read_tail(path, TAIL)?;
     let text = String::from_utf8_lossy(&bytes);
-    let line = text.lines().find(|line| line.contains("Kernel panic - not syncing"))?;
+    let line = text
+        .lines()
+        .find(|line| line.contains("Kernel panic - not syncing"))?;
     let start = line.find("Kernel panic").unwrap_or(0);
-    let clean: String = line[start..].chars().filter(|c| !c.is_control()).take(MAX_LINE).collect();
+    let clean: String = line[start..]
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_LINE)
+        .collect();
     Some(clean.trim_end().to_owned())
 }
 

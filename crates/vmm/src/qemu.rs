@@ -15,14 +15,20 @@ pub fn find_qemu() -> Result<PathBuf, Error> {
         return if path.is_file() {
             Ok(path)
         } else {
-            Err(Error::QemuNotFound { binary: path.display().to_string(), searched: "BULKHEAD_QEMU".into() })
+            Err(Error::QemuNotFound {
+                binary: path.display().to_string(),
+                searched: "BULKHEAD_QEMU".into(),
+            })
         };
     }
     let searched = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/bin:/bin"));
     std::env::split_paths(&searched)
         .map(|dir| dir.join(BINARY))
         .find(|candidate| candidate.is_file())
-        .ok_or_else(|| Error::QemuNotFound { binary: BINARY.into(), searched: searched.to_string_lossy().into_owned() })
+        .ok_or_else(|| Error::QemuNotFound {
+            binary: BINARY.into(),
+            searched: searched.to_string_lossy().into_owned(),
+        })
 }
 
 /// QEMU's version string, e.g. `7.2.22`, from `qemu -version`.
@@ -30,14 +36,20 @@ pub fn qemu_version(qemu: &Path) -> Result<String, Error> {
     let out = Command::new(qemu)
         .arg("-version")
         .output()
-        .map_err(|source| Error::Spawn { path: qemu.to_owned(), source })?;
+        .map_err(|source| Error::Spawn {
+            path: qemu.to_owned(),
+            source,
+        })?;
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines()
         .next()
         .and_then(|line| line.split("version ").nth(1))
         .and_then(|rest| rest.split_whitespace().next())
         .map(str::to_owned)
-        .ok_or_else(|| Error::QemuUnusable { path: qemu.to_owned(), reason: format!("unexpected -version output {text:?}") })
+        .ok_or_else(|| Error::QemuUnusable {
+            path: qemu.to_owned(),
+            reason: format!("unexpected -version output {text:?}"),
+        })
 }
 
 /// The kernel command line bulkhead's guests always get, before the caller's part.
@@ -45,7 +57,8 @@ pub fn qemu_version(qemu: &Path) -> Result<String, Error> {
 /// `reboot=t` + QEMU's `-no-reboot`: without ACPI the guest cannot power off, so a reboot by
 /// triple fault makes QEMU exit. `panic=-1` turns a panic into that reboot at once, so a panicked
 /// guest ends its VM instead of hanging (the panic line stays in the console log).
-pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 quiet nokaslr random.trust_cpu=on 8250.nr_uarts=1";
+pub const BASE_CMDLINE: &str =
+    "console=ttyS0 reboot=t panic=-1 quiet nokaslr random.trust_cpu=on 8250.nr_uarts=1";
 
 /// The argument vector for `config`, with QMP and the agent channel connecting to `qmp_socket` and
 /// `agent_socket`, which the caller is listening on.
@@ -54,7 +67,10 @@ pub(crate) fn args(config: &VmConfig, qmp_socket: &Path, agent_socket: &Path) ->
     let mut push = |parts: &[&str]| args.extend(parts.iter().map(OsString::from));
     let path = |p: &Path| p.to_string_lossy().into_owned();
 
-    push(&["-M", "microvm,acpi=off,x-option-roms=off,isa-serial=on,rtc=on"]);
+    push(&[
+        "-M",
+        "microvm,acpi=off,x-option-roms=off,isa-serial=on,rtc=on",
+    ]);
     match config.accel {
         Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host,-arch-capabilities"]),
         Accel::Tcg => push(&["-accel", "tcg", "-cpu", "max"]),
@@ -62,8 +78,17 @@ pub(crate) fn args(config: &VmConfig, qmp_socket: &Path, agent_socket: &Path) ->
     let memory = format!("{}M", config.memory_mib);
     let smp = config.vcpus.to_string();
     push(&["-m", &memory, "-smp", &smp]);
-    push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
-    push(&["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]);
+    push(&[
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ]);
+    push(&[
+        "-sandbox",
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+    ]);
 
     push(&["-kernel", &path(&config.kernel)]);
     if let Some(initrd) = &config.initrd {
@@ -72,14 +97,26 @@ pub(crate) fn args(config: &VmConfig, qmp_socket: &Path, agent_socket: &Path) ->
     let cmdline = format!("{BASE_CMDLINE} {}", config.cmdline);
     push(&["-append", cmdline.trim_end()]);
 
-    push(&["-chardev", &format!("file,id=console,path={}", path(&config.console_log))]);
+    push(&[
+        "-chardev",
+        &format!("file,id=console,path={}", path(&config.console_log)),
+    ]);
     push(&["-serial", "chardev:console"]);
-    push(&["-chardev", &format!("socket,id=qmp,path={}", path(qmp_socket))]);
+    push(&[
+        "-chardev",
+        &format!("socket,id=qmp,path={}", path(qmp_socket)),
+    ]);
     push(&["-mon", "chardev=qmp,mode=control"]);
 
-    push(&["-device", "virtio-serial-device,max_ports=1"]);
-    push(&["-chardev", &format!("socket,id=agent,path={}", path(agent_socket))]);
-    push(&["-device", &format!("virtserialport,chardev=agent,name={}", AGENT_PORT)]);
+    push(&["-device", "virtio-serial-device,max_ports=2"]);
+    push(&[
+        "-chardev",
+        &format!("socket,id=agent,path={}", path(agent_socket)),
+    ]);
+    push(&[
+        "-device",
+        &format!("virtserialport,chardev=agent,name={}", AGENT_PORT),
+    ]);
 
     push(&["-object", "rng-random,id=rng,filename=/dev/urandom"]);
     push(&["-device", "virtio-rng-device,rng=rng"]);
@@ -109,15 +146,28 @@ mod tests {
             cmdline: "rdinit=/init".into(),
             memory_mib: 256,
             vcpus: 2,
-            disks: vec![Disk { path: "/d/root.img".into(), read_only: true }, Disk { path: "/d/rw.img".into(), read_only: false }],
+            disks: vec![
+                Disk {
+                    path: "/d/root.img".into(),
+                    read_only: true,
+                },
+                Disk {
+                    path: "/d/rw.img".into(),
+                    read_only: false,
+                },
+            ],
             accel: Accel::Tcg,
             run_dir: "/r".into(),
             console_log: "/r/console.log".into(),
         };
-        let args: Vec<String> = args(&config, Path::new("/r/qmp.sock"), Path::new("/r/agent.sock"))
-            .into_iter()
-            .map(|a| a.into_string().unwrap())
-            .collect();
+        let args: Vec<String> = args(
+            &config,
+            Path::new("/r/qmp.sock"),
+            Path::new("/r/agent.sock"),
+        )
+        .into_iter()
+        .map(|a| a.into_string().unwrap())
+        .collect();
         let joined = args.join(" ");
         for want in [
             "-M microvm,acpi=off",
@@ -136,8 +186,16 @@ mod tests {
             assert!(joined.contains(want), "{want:?} missing from {joined}");
         }
         let append = args.iter().position(|a| a == "-append").unwrap();
-        assert!(args[append + 1].ends_with("rdinit=/init"), "{}", args[append + 1]);
-        assert_eq!(args.iter().filter(|a| *a == "-device").count(), 5, "serial bus, port, rng, two disks");
+        assert!(
+            args[append + 1].ends_with("rdinit=/init"),
+            "{}",
+            args[append + 1]
+        );
+        assert_eq!(
+            args.iter().filter(|a| *a == "-device").count(),
+            5,
+            "serial bus, port, rng, two disks"
+        );
         assert!(!joined.contains("netdev"), "no network device unless asked");
     }
 }

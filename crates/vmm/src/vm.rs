@@ -59,7 +59,8 @@ impl Vm {
         let stderr = File::create(&qemu_log)
             .map_err(Error::io("creating", &qemu_log))
             .and_then(|log| {
-                File::create(&config.console_log).map_err(Error::io("creating", &config.console_log))?;
+                File::create(&config.console_log)
+                    .map_err(Error::io("creating", &config.console_log))?;
                 Ok(log)
             })
             .inspect_err(|_| remove_files())?;
@@ -92,7 +93,10 @@ impl Vm {
         tracing::debug!(qemu = %qemu_path.display(), "starting VM");
         let child = command
             .spawn()
-            .map_err(|source| Error::Spawn { path: qemu_path.clone(), source })
+            .map_err(|source| Error::Spawn {
+                path: qemu_path.clone(),
+                source,
+            })
             .inspect_err(|_| remove_files())?;
         // From here on, dropping `process` kills QEMU and removes the files.
         let mut process = Process {
@@ -104,9 +108,25 @@ impl Vm {
         };
         let qmp_stream = process.accept(&qmp_listener, &qmp_path, "connecting to QMP")?;
         let agent = process.accept(&agent_listener, &agent_path, "connecting the agent channel")?;
-        let qmp = Qmp::handshake(qmp_stream, CONNECT_TIMEOUT)?;
-        let times = StartTimes { process_start: spawned_at.elapsed() };
-        Ok(Vm { process, qmp, agent, times })
+        // QEMU opens its sockets before it builds its devices; a bad device kills it right after.
+        let qmp = match Qmp::handshake(qmp_stream, CONNECT_TIMEOUT) {
+            Ok(qmp) => qmp,
+            Err(e) => {
+                return Err(match process.wait_timeout(Duration::from_secs(1))? {
+                    Some(status) => process.exited_error(status, "answering QMP"),
+                    None => e,
+                })
+            }
+        };
+        let times = StartTimes {
+            process_start: spawned_at.elapsed(),
+        };
+        Ok(Vm {
+            process,
+            qmp,
+            agent,
+            times,
+        })
     }
 
     /// The QEMU process id.
@@ -193,7 +213,10 @@ struct Process {
 impl Process {
     fn try_wait(&mut self) -> Result<Option<ExitStatus>, Error> {
         if self.exit.is_none() {
-            self.exit = self.child.try_wait().map_err(|e| Error::Qmp(format!("waiting for QEMU: {e}")))?;
+            self.exit = self
+                .child
+                .try_wait()
+                .map_err(|e| Error::Qmp(format!("waiting for QEMU: {e}")))?;
         }
         Ok(self.exit)
     }
@@ -217,29 +240,50 @@ impl Process {
         }
         let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("pids fit in i32"));
         let _ = kill(pid, Signal::SIGKILL);
-        let status = self.child.wait().map_err(|e| Error::Qmp(format!("reaping QEMU: {e}")))?;
+        let status = self
+            .child
+            .wait()
+            .map_err(|e| Error::Qmp(format!("reaping QEMU: {e}")))?;
         self.exit = Some(status);
         Ok(status)
     }
 
     /// Waits for QEMU to connect to `listener`, failing early if QEMU exits.
-    fn accept(&mut self, listener: &UnixListener, path: &Path, stage: &'static str) -> Result<UnixStream, Error> {
-        listener.set_nonblocking(true).map_err(Error::io("configuring", path))?;
+    fn accept(
+        &mut self,
+        listener: &UnixListener,
+        path: &Path,
+        stage: &'static str,
+    ) -> Result<UnixStream, Error> {
+        listener
+            .set_nonblocking(true)
+            .map_err(Error::io("configuring", path))?;
         let deadline = Instant::now() + CONNECT_TIMEOUT;
         loop {
             match listener.accept() {
                 Ok((stream, _)) => {
-                    stream.set_nonblocking(false).map_err(Error::io("configuring", path))?;
+                    stream
+                        .set_nonblocking(false)
+                        .map_err(Error::io("configuring", path))?;
                     return Ok(stream);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(Error::Io { what: "accepting on", path: path.to_owned(), source: e }),
+                Err(e) => {
+                    return Err(Error::Io {
+                        what: "accepting on",
+                        path: path.to_owned(),
+                        source: e,
+                    })
+                }
             }
             if let Some(status) = self.try_wait()? {
                 return Err(self.exited_error(status, stage));
             }
             if Instant::now() > deadline {
-                return Err(Error::Timeout { stage, seconds: CONNECT_TIMEOUT.as_secs() });
+                return Err(Error::Timeout {
+                    stage,
+                    seconds: CONNECT_TIMEOUT.as_secs(),
+                });
             }
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -254,11 +298,18 @@ impl Process {
                 .map(|bytes| {
                     let text = String::from_utf8_lossy(&bytes);
                     let line = text.trim().lines().last().unwrap_or("");
-                    line.chars().filter(|c| !c.is_control()).take(300).collect::<String>()
+                    line.chars()
+                        .filter(|c| !c.is_control())
+                        .take(300)
+                        .collect::<String>()
                 })
                 .unwrap_or_default()
         };
-        let qemu_said = self.files.last().map(|log| last_line(log, 4096)).unwrap_or_default();
+        let qemu_said = self
+            .files
+            .last()
+            .map(|log| last_line(log, 4096))
+            .unwrap_or_default();
         let detail = if !qemu_said.is_empty() {
             format!(": {qemu_said}")
         } else {
@@ -269,7 +320,11 @@ impl Process {
                 format!("; last console line: {console}")
             }
         };
-        Error::QemuExited { status: status.to_string(), stage, detail }
+        Error::QemuExited {
+            status: status.to_string(),
+            stage,
+            detail,
+        }
     }
 }
 
@@ -287,7 +342,13 @@ fn listen(path: &Path) -> Result<UnixListener, Error> {
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::Io { what: "removing stale socket", path: path.to_owned(), source: e }),
+        Err(e) => {
+            return Err(Error::Io {
+                what: "removing stale socket",
+                path: path.to_owned(),
+                source: e,
+            })
+        }
     }
     UnixListener::bind(path).map_err(Error::io("listening on", path))
 }

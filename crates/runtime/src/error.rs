@@ -1,0 +1,36 @@
+use std::path::PathBuf;
+
+/// What failed in the runtime, with the value that made it fail.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Vm(#[from] bulkhead_vmm::Error),
+    // Image(#[from] bulkhead_image::Error),  -- enabled when the image crate lands
+    #[error("guest init binary not found (looked in {searched}); build it with scripts/build-guest or set BULKHEAD_GUEST")]
+    GuestMissing { searched: String },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("guest agent: {0}")]
+    Agent(String),
+    #[error("guest agent did not {stage} within {seconds} s{detail}")]
+    AgentTimeout {
+        stage: &'static str,
+        seconds: u64,
+        detail: String,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(
+        what: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { what, path, source }
+    }
+}
