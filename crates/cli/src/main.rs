@@ -35,6 +35,19 @@ pub struct Cli {
     pub command: commands::Command,
 }
 
+impl Cli {
+    pub fn paths(&self) -> bulkhead_runtime::Paths {
+        bulkhead_runtime::Paths::new(&self.root, &self.run_root)
+    }
+}
+
+/// How a listing is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.debug);

@@ -15,6 +15,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("no default kernel in the store at {root}; import one with `bulkhead kernel import`")]
+    NoDefaultKernel { root: PathBuf },
     #[error("guest agent: {0}")]
     Agent(String),
     #[error("guest agent did not {stage} within {seconds} s{detail}")]

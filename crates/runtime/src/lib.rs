@@ -1,10 +1,10 @@
 //! Containers and the VMs under them: store paths, the guest init and its initramfs, booting a
 //! sandbox VM and talking to its agent, and the host check.
 
-// pub mod check;
+pub mod check;
 mod error;
 pub mod guest;
-// pub mod host;
+pub mod host;
 pub mod paths;
 pub mod sandbox;
 
