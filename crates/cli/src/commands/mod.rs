@@ -1,6 +1,8 @@
 //! One module per group of verbs.
 
 mod host;
+mod kernel;
+mod output;
 
 use std::process::ExitCode;
 
@@ -14,11 +16,14 @@ pub enum Command {
     Info(host::InfoArgs),
     /// Verify this host can run container VMs: boot one, talk to it, shut it down.
     Check(host::CheckArgs),
+    /// Manage guest kernels (stored as OCI images).
+    Kernel(kernel::KernelCommand),
 }
 
 pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Info(args) => host::info(cli, args),
         Command::Check(args) => host::check(cli, args),
+        Command::Kernel(cmd) => kernel::run(cli, cmd),
     }
 }
