@@ -23,7 +23,12 @@ pub struct CheckOptions {
 
 impl Default for CheckOptions {
     fn default() -> Self {
-        CheckOptions { accel: AccelRequest::Auto, kernel: None, memory_mib: 128, ready_timeout: Duration::from_secs(60) }
+        CheckOptions {
+            accel: AccelRequest::Auto,
+            kernel: None,
+            memory_mib: 128,
+            ready_timeout: Duration::from_secs(60),
+        }
     }
 }
 
@@ -54,32 +59,57 @@ impl CheckReport {
 /// Runs the check; `progress` sees each step as it completes. Stops at the first failure.
 pub fn run(paths: &Paths, options: &CheckOptions, mut progress: impl FnMut(&Step)) -> CheckReport {
     let mut report = CheckReport::default();
-    let mut step = |report: &mut CheckReport, name: &'static str, result: Result<String, String>| -> bool {
-        let ok = result.is_ok();
-        let detail = result.unwrap_or_else(|e| e);
-        let step = Step { name, ok, detail };
-        progress(&step);
-        report.steps.push(step);
-        ok
-    };
+    let mut step =
+        |report: &mut CheckReport, name: &'static str, result: Result<String, String>| -> bool {
+            let ok = result.is_ok();
+            let detail = result.unwrap_or_else(|e| e);
+            let step = Step { name, ok, detail };
+            progress(&step);
+            report.steps.push(step);
+            ok
+        };
 
     let qemu = host::qemu().map_err(|e| e.to_string());
-    let qemu_detail = qemu.as_ref().map(|q| format!("{} {}", q.path.display(), q.version)).map_err(Clone::clone);
+    let qemu_detail = qemu
+        .as_ref()
+        .map(|q| format!("{} {}", q.path.display(), q.version))
+        .map_err(Clone::clone);
     if !step(&mut report, "qemu", qemu_detail) {
         return report;
     }
     let accel = choose_accel(options.accel, &HostFacts::probe()).map_err(|e| e.to_string());
-    if !step(&mut report, "accelerator", accel.as_ref().map(|c| format!("{}: {}", c.accel, c.reason)).map_err(Clone::clone)) {
+    if !step(
+        &mut report,
+        "accelerator",
+        accel
+            .as_ref()
+            .map(|c| format!("{}: {}", c.accel, c.reason))
+            .map_err(Clone::clone),
+    ) {
         return report;
     }
     let kernel = resolve_kernel(paths, options.kernel.as_deref());
-    if !step(&mut report, "kernel", kernel.as_ref().map(|(_, d)| d.clone()).map_err(Clone::clone)) {
+    if !step(
+        &mut report,
+        "kernel",
+        kernel
+            .as_ref()
+            .map(|(_, d)| d.clone())
+            .map_err(Clone::clone),
+    ) {
         return report;
     }
     let initramfs = guest::find_guest_binary()
         .and_then(|binary| Ok((guest::initramfs(paths, &binary)?, binary)))
         .map_err(|e| e.to_string());
-    if !step(&mut report, "guest init", initramfs.as_ref().map(|(_, b)| b.display().to_string()).map_err(Clone::clone)) {
+    if !step(
+        &mut report,
+        "guest init",
+        initramfs
+            .as_ref()
+            .map(|(_, b)| b.display().to_string())
+            .map_err(Clone::clone),
+    ) {
         return report;
     }
     let (Ok(accel), Ok((kernel, _)), Ok((initramfs, _))) = (accel, kernel, initramfs) else {
@@ -88,7 +118,11 @@ pub fn run(paths: &Paths, options: &CheckOptions, mut progress: impl FnMut(&Step
 
     let run_dir = paths.run_root.join(format!("check-{}", std::process::id()));
     if let Err(e) = std::fs::create_dir_all(&run_dir) {
-        step(&mut report, "boot", Err(format!("creating {}: {e}", run_dir.display())));
+        step(
+            &mut report,
+            "boot",
+            Err(format!("creating {}: {e}", run_dir.display())),
+        );
         return report;
     }
     let console_log = run_dir.join("console.log");
@@ -110,13 +144,36 @@ pub fn run(paths: &Paths, options: &CheckOptions, mut progress: impl FnMut(&Step
         Ok(mut sandbox) => {
             let phases = sandbox.phases();
             report.phases = Some(phases);
-            step(&mut report, "boot", Ok(format!("ready in {:.0} ms (agent {})", phases.boot_to_ready_ms, sandbox.agent_version())));
+            step(
+                &mut report,
+                "boot",
+                Ok(format!(
+                    "ready in {:.0} ms (agent {})",
+                    phases.boot_to_ready_ms,
+                    sandbox.agent_version()
+                )),
+            );
             let pinged = sandbox.ping().map_err(|e| e.to_string());
             report.ping_ms = pinged.as_ref().ok().map(|d| d.as_secs_f64() * 1e3);
-            if step(&mut report, "ping", pinged.map(|d| format!("{:.2} ms round trip", d.as_secs_f64() * 1e3))) {
-                let down = sandbox.shutdown(Duration::from_secs(20)).map_err(|e| e.to_string());
+            if step(
+                &mut report,
+                "ping",
+                pinged.map(|d| format!("{:.2} ms round trip", d.as_secs_f64() * 1e3)),
+            ) {
+                let down = sandbox
+                    .shutdown(Duration::from_secs(20))
+                    .map_err(|e| e.to_string());
                 report.shutdown_ms = down.as_ref().ok().map(|d| d.as_secs_f64() * 1e3);
-                step(&mut report, "shutdown", down.map(|d| format!("VM exited {:.0} ms after the request", d.as_secs_f64() * 1e3)))
+                step(
+                    &mut report,
+                    "shutdown",
+                    down.map(|d| {
+                        format!(
+                            "VM exited {:.0} ms after the request",
+                            d.as_secs_f64() * 1e3
+                        )
+                    }),
+                )
             } else {
                 let _ = sandbox.hard_stop();
                 false

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 pub enum Error {
     #[error(transparent)]
     Vm(#[from] bulkhead_vmm::Error),
-    // Image(#[from] bulkhead_image::Error),  -- enabled when the image crate lands
+    #[error(transparent)]
+    Image(#[from] bulkhead_image::Error),
     #[error("guest init binary not found (looked in {searched}); build it with scripts/build-guest or set BULKHEAD_GUEST")]
     GuestMissing { searched: String },
     #[error("{what} {path}: {source}")]
