@@ -13,20 +13,10 @@ use clap::Parser;
 #[command(name = "bulkhead", version, about)]
 pub struct Cli {
     /// Store root (images, kernels, containers).
-    #[arg(
-        long,
-        global = true,
-        env = "BULKHEAD_ROOT",
-        default_value = "/var/lib/bulkhead"
-    )]
+    #[arg(long, global = true, env = "BULKHEAD_ROOT", default_value = "/var/lib/bulkhead")]
     pub root: PathBuf,
     /// Runtime state directory (monitor sockets, pids).
-    #[arg(
-        long,
-        global = true,
-        env = "BULKHEAD_RUN_ROOT",
-        default_value = "/run/bulkhead"
-    )]
+    #[arg(long, global = true, env = "BULKHEAD_RUN_ROOT", default_value = "/run/bulkhead")]
     pub run_root: PathBuf,
     /// Log diagnostics at debug level to stderr (RUST_LOG also works).
     #[arg(long, global = true)]
@@ -67,9 +57,5 @@ fn init_tracing(debug: bool) {
     } else {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"))
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
 }

@@ -6,8 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bulkhead_proto::{
-    check_version, encode, BootTimes, Frame, FrameReader, Message, AGENT_PORT_NAME,
-    PROTOCOL_VERSION,
+    check_version, encode, BootTimes, Frame, FrameReader, Message, AGENT_PORT_NAME, PROTOCOL_VERSION,
 };
 
 use crate::Error;
@@ -26,10 +25,7 @@ pub fn open_port(timeout: Duration) -> Result<File, Error> {
                 .map_err(|source| Error::OpenPort { path, source });
         }
         if Instant::now() > deadline {
-            return Err(Error::NoPort {
-                name: AGENT_PORT_NAME,
-                seconds: timeout.as_secs(),
-            });
+            return Err(Error::NoPort { name: AGENT_PORT_NAME, seconds: timeout.as_secs() });
         }
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -38,17 +34,14 @@ pub fn open_port(timeout: Duration) -> Result<File, Error> {
 fn find_port(class: &Path) -> Option<String> {
     std::fs::read_dir(class).ok()?.flatten().find_map(|entry| {
         let name = std::fs::read_to_string(entry.path().join("name")).ok()?;
-        (name.trim_end() == AGENT_PORT_NAME)
-            .then(|| entry.file_name().to_string_lossy().into_owned())
+        (name.trim_end() == AGENT_PORT_NAME).then(|| entry.file_name().to_string_lossy().into_owned())
     })
 }
 
 /// Serves the host until it asks for a shutdown (`Ok`) or the channel fails (`Err`).
 pub fn serve(port: File, boot: BootTimes) -> Result<(), Error> {
-    let mut writer = port.try_clone().map_err(|source| Error::OpenPort {
-        path: "agent port".into(),
-        source,
-    })?;
+    let mut writer =
+        port.try_clone().map_err(|source| Error::OpenPort { path: "agent port".into(), source })?;
     let mut reader = FrameReader::new(port);
     let mut send = |message: Message| -> Result<(), Error> {
         let mut buf = Vec::new();
@@ -57,14 +50,9 @@ pub fn serve(port: File, boot: BootTimes) -> Result<(), Error> {
     };
 
     match reader.read_frame()?.ok_or(Error::HostGone)? {
-        Frame::Message(Message::Hello {
-            version,
-            unix_time_ns,
-        }) => {
+        Frame::Message(Message::Hello { version, unix_time_ns }) => {
             if let Err(mismatch) = check_version(version) {
-                send(Message::Error {
-                    message: mismatch.to_string(),
-                })?;
+                send(Message::Error { message: mismatch.to_string() })?;
                 return Err(mismatch.into());
             }
             set_clock(unix_time_ns);
@@ -85,9 +73,7 @@ pub fn serve(port: File, boot: BootTimes) -> Result<(), Error> {
                 send(Message::ShuttingDown)?;
                 return Ok(());
             }
-            other => send(Message::Error {
-                message: format!("unexpected {}", describe(&other)),
-            })?,
+            other => send(Message::Error { message: format!("unexpected {}", describe(&other)) })?,
         }
     }
 }

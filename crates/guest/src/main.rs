@@ -36,13 +36,7 @@ fn run(init_start_ns: u64) -> Result<(), Error> {
     mounts::mount_all()?;
     let port = agent::open_port(Duration::from_secs(10))?;
     let ready_ns = boottime_ns();
-    agent::serve(
-        port,
-        bulkhead_proto::BootTimes {
-            init_start_ns,
-            ready_ns,
-        },
-    )
+    agent::serve(port, bulkhead_proto::BootTimes { init_start_ns, ready_ns })
 }
 
 /// Nanoseconds of `CLOCK_BOOTTIME`: time since the kernel started, including suspend.
@@ -50,8 +44,7 @@ fn boottime_ns() -> u64 {
     use nix::time::{clock_gettime, ClockId};
     clock_gettime(ClockId::CLOCK_BOOTTIME)
         .map(|t| {
-            u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
-                + u64::try_from(t.tv_nsec()).unwrap_or(0)
+            u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec()).unwrap_or(0)
         })
         .unwrap_or(0)
 }
@@ -60,23 +53,13 @@ fn boottime_ns() -> u64 {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("mounting {fstype} on {target}: {source}")]
-    Mount {
-        fstype: &'static str,
-        target: &'static str,
-        source: nix::Error,
-    },
+    Mount { fstype: &'static str, target: &'static str, source: nix::Error },
     #[error("creating {path}: {source}")]
-    Mkdir {
-        path: String,
-        source: std::io::Error,
-    },
+    Mkdir { path: String, source: std::io::Error },
     #[error("agent port {name:?} did not appear within {seconds} s")]
     NoPort { name: &'static str, seconds: u64 },
     #[error("opening agent port {path}: {source}")]
-    OpenPort {
-        path: String,
-        source: std::io::Error,
-    },
+    OpenPort { path: String, source: std::io::Error },
     #[error("agent channel: {0}")]
     Frame(#[from] bulkhead_proto::FrameError),
     #[error("{0}")]

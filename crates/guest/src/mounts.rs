@@ -12,26 +12,12 @@ struct Mount {
     data: Option<&'static str>,
 }
 
-const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
-    .union(MsFlags::MS_NODEV)
-    .union(MsFlags::MS_NOEXEC);
+const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV).union(MsFlags::MS_NOEXEC);
 
 /// In order: each target's parent is mounted before it.
 const MOUNTS: &[Mount] = &[
-    Mount {
-        source: "proc",
-        target: "/proc",
-        fstype: "proc",
-        flags: NOSUID_NODEV_NOEXEC,
-        data: None,
-    },
-    Mount {
-        source: "sysfs",
-        target: "/sys",
-        fstype: "sysfs",
-        flags: NOSUID_NODEV_NOEXEC,
-        data: None,
-    },
+    Mount { source: "proc", target: "/proc", fstype: "proc", flags: NOSUID_NODEV_NOEXEC, data: None },
+    Mount { source: "sysfs", target: "/sys", fstype: "sysfs", flags: NOSUID_NODEV_NOEXEC, data: None },
     Mount {
         source: "devtmpfs",
         target: "/dev",
@@ -72,16 +58,11 @@ const MOUNTS: &[Mount] = &[
 /// Mounts `/proc`, `/sys`, `/dev`, `/dev/pts`, `/dev/shm`, `/run` and the cgroup2 hierarchy.
 pub fn mount_all() -> Result<(), Error> {
     for m in MOUNTS {
-        std::fs::create_dir_all(m.target).map_err(|source| Error::Mkdir {
-            path: m.target.into(),
+        std::fs::create_dir_all(m.target).map_err(|source| Error::Mkdir { path: m.target.into(), source })?;
+        mount(Some(m.source), m.target, Some(m.fstype), m.flags, m.data).map_err(|source| Error::Mount {
+            fstype: m.fstype,
+            target: m.target,
             source,
-        })?;
-        mount(Some(m.source), m.target, Some(m.fstype), m.flags, m.data).map_err(|source| {
-            Error::Mount {
-                fstype: m.fstype,
-                target: m.target,
-                source,
-            }
         })?;
     }
     Ok(())

@@ -21,15 +21,9 @@ pub fn decompress<'a, R: Read + 'a>(reader: R) -> io::Result<(Compression, Box<d
     let mut buffered = BufReader::with_capacity(256 << 10, reader);
     let head = buffered.fill_buf()?;
     if head.starts_with(GZIP_MAGIC) {
-        Ok((
-            Compression::Gzip,
-            Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
-        ))
+        Ok((Compression::Gzip, Box::new(flate2::bufread::MultiGzDecoder::new(buffered))))
     } else if head.starts_with(ZSTD_MAGIC) {
-        Ok((
-            Compression::Zstd,
-            Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?),
-        ))
+        Ok((Compression::Zstd, Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?)))
     } else {
         Ok((Compression::None, Box::new(buffered)))
     }
@@ -47,11 +41,9 @@ mod tests {
         gz.write_all(&plain).unwrap();
         let gz = gz.finish().unwrap();
         let zst = zstd::encode_all(&plain[..], 1).unwrap();
-        for (data, want) in [
-            (plain.clone(), Compression::None),
-            (gz, Compression::Gzip),
-            (zst, Compression::Zstd),
-        ] {
+        for (data, want) in
+            [(plain.clone(), Compression::None), (gz, Compression::Gzip), (zst, Compression::Zstd)]
+        {
             let (c, mut r) = decompress(&data[..]).unwrap();
             assert_eq!(c, want);
             let mut out = Vec::new();

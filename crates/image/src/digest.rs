@@ -14,14 +14,8 @@ pub struct Digest(String);
 impl Digest {
     /// Parses and validates a digest string.
     pub fn parse(s: &str) -> Result<Digest, Error> {
-        let hex = s
-            .strip_prefix("sha256:")
-            .ok_or_else(|| Error::InvalidDigest(s.to_owned()))?;
-        if hex.len() != 64
-            || !hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
+        let hex = s.strip_prefix("sha256:").ok_or_else(|| Error::InvalidDigest(s.to_owned()))?;
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             return Err(Error::InvalidDigest(s.to_owned()));
         }
         Ok(Digest(s.to_owned()))
@@ -73,10 +67,7 @@ mod tests {
     #[test]
     fn parses_canonical_digests_only() {
         let d = Digest::of(b"");
-        assert_eq!(
-            d.hex(),
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
+        assert_eq!(d.hex(), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
         assert_eq!(Digest::parse(d.as_str()).unwrap(), d);
         for bad in [
             "",

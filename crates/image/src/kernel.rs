@@ -59,8 +59,7 @@ pub fn import(
     name: Option<&str>,
 ) -> Result<KernelImage, Error> {
     let data = read_bounded(vmlinux, MAX_VMLINUX_SIZE)?;
-    check_vmlinux(&data)
-        .map_err(|reason| Error::Kernel(format!("{}: {reason}", vmlinux.display())))?;
+    check_vmlinux(&data).map_err(|reason| Error::Kernel(format!("{}: {reason}", vmlinux.display())))?;
     let dir = vmlinux.parent().unwrap_or(Path::new("."));
     let version = match read_optional(&dir.join("version"), 256)? {
         Some(v) => String::from_utf8_lossy(&v).trim().to_owned(),
@@ -83,10 +82,7 @@ pub fn import(
     };
     let reference = match name {
         Some(n) => Reference::parse(n)?,
-        None => Reference::parse(&format!(
-            "{DEFAULT_REPOSITORY}:{}",
-            tag_from_version(&version)
-        ))?,
+        None => Reference::parse(&format!("{DEFAULT_REPOSITORY}:{}", tag_from_version(&version)))?,
     };
 
     let mut writer = store.blob_writer()?;
@@ -96,8 +92,7 @@ pub fn import(
         if let Some(c) = &config_data {
             append_file(&mut tar, "config", c)?;
         }
-        tar.finish()
-            .map_err(|e| Error::io("writing kernel layer in", store.tmp_dir(), e))?;
+        tar.finish().map_err(|e| Error::io("writing kernel layer in", store.tmp_dir(), e))?;
     }
     let layer_size = writer.size();
     let layer = writer.commit(None, None, "kernel layer")?;
@@ -108,8 +103,7 @@ pub fn import(
         "config": { "Labels": { media::ANNOTATION_KERNEL_VERSION: version, media::ANNOTATION_KERNEL_FLAVOUR: DEFAULT_FLAVOUR } },
         "rootfs": { "type": "layers", "diff_ids": [layer.as_str()] },
     });
-    let config_bytes =
-        serde_json::to_vec(&config_json).map_err(|e| Error::json("kernel config", e))?;
+    let config_bytes = serde_json::to_vec(&config_json).map_err(|e| Error::json("kernel config", e))?;
     let config_digest = store.write_blob(&config_bytes, None)?;
     let manifest = json!({
         "schemaVersion": 2,
@@ -122,23 +116,16 @@ pub fn import(
             media::ANNOTATION_KERNEL_FLAVOUR: DEFAULT_FLAVOUR,
         },
     });
-    let manifest_bytes =
-        serde_json::to_vec(&manifest).map_err(|e| Error::json("kernel manifest", e))?;
+    let manifest_bytes = serde_json::to_vec(&manifest).map_err(|e| Error::json("kernel manifest", e))?;
     let digest = store.write_blob(&manifest_bytes, None)?;
 
     let full = reference.to_string();
     let is_default = store.update_index(|idx| {
         idx.images.insert(
             full.clone(),
-            crate::store::IndexEntry {
-                digest: digest.to_string(),
-                index_digest: None,
-            },
+            crate::store::IndexEntry { digest: digest.to_string(), index_digest: None },
         );
-        let default_valid = idx
-            .kernel_default
-            .as_ref()
-            .is_some_and(|d| idx.images.contains_key(d));
+        let default_valid = idx.kernel_default.as_ref().is_some_and(|d| idx.images.contains_key(d));
         if !default_valid {
             idx.kernel_default = Some(full.clone());
         }
@@ -172,8 +159,7 @@ pub fn list(store: &Store) -> Result<Vec<KernelImage>, Error> {
             version,
             flavour,
             size,
-            is_default: index.kernel_default.as_deref()
-                == Some(entry.reference.to_string().as_str()),
+            is_default: index.kernel_default.as_deref() == Some(entry.reference.to_string().as_str()),
         });
     }
     Ok(out)
@@ -203,11 +189,7 @@ pub fn resolve(store: &Store, reference: Option<&str>) -> Result<KernelFile, Err
             })?;
             let digest = store
                 .lookup(&default)
-                .map_err(|_| {
-                    Error::Kernel(format!(
-                        "default kernel {default} is no longer in the store"
-                    ))
-                })?
+                .map_err(|_| Error::Kernel(format!("default kernel {default} is no longer in the store")))?
                 .1;
             (default, digest)
         }
@@ -220,11 +202,7 @@ pub fn resolve(store: &Store, reference: Option<&str>) -> Result<KernelFile, Err
     let dir = store.root().join("kernels").join(digest.hex());
     let path = dir.join("vmlinux");
     if path.is_file() {
-        return Ok(KernelFile {
-            path,
-            digest: digest.to_string(),
-            version,
-        });
+        return Ok(KernelFile { path, digest: digest.to_string(), version });
     }
 
     let tmp = tempfile::Builder::new()
@@ -249,9 +227,7 @@ pub fn resolve(store: &Store, reference: Option<&str>) -> Result<KernelFile, Err
         }
     }
     if !found {
-        return Err(Error::Kernel(format!(
-            "kernel image {shown} ({digest}) has no vmlinux in its layers"
-        )));
+        return Err(Error::Kernel(format!("kernel image {shown} ({digest}) has no vmlinux in its layers")));
     }
     let data = read_bounded(&extracted, MAX_VMLINUX_SIZE)?;
     check_vmlinux(&data)
@@ -265,11 +241,7 @@ pub fn resolve(store: &Store, reference: Option<&str>) -> Result<KernelFile, Err
         Err(_) if path.is_file() => {}
         Err(e) => return Err(Error::io("renaming extracted kernel into", &dir, e)),
     }
-    Ok(KernelFile {
-        path,
-        digest: digest.to_string(),
-        version,
-    })
+    Ok(KernelFile { path, digest: digest.to_string(), version })
 }
 
 fn extract_vmlinux(store: &Store, layer: &Digest, dest: &Path) -> Result<bool, Error> {
@@ -278,8 +250,7 @@ fn extract_vmlinux(store: &Store, layer: &Digest, dest: &Path) -> Result<bool, E
     let mut found = false;
     {
         let (_, reader) = decompress(&mut blob).map_err(what)?;
-        let mut archive =
-            tar::Archive::new(reader.take(MAX_VMLINUX_SIZE + MAX_CONFIG_SIZE + (1 << 20)));
+        let mut archive = tar::Archive::new(reader.take(MAX_VMLINUX_SIZE + MAX_CONFIG_SIZE + (1 << 20)));
         for entry in archive.entries().map_err(what)? {
             let mut entry = entry.map_err(what)?;
             let name = entry.path().map_err(what)?.into_owned();
@@ -287,9 +258,7 @@ fn extract_vmlinux(store: &Store, layer: &Digest, dest: &Path) -> Result<bool, E
             if name != Path::new("vmlinux") || found {
                 continue;
             }
-            if entry.header().entry_type() != tar::EntryType::Regular
-                || entry.size() > MAX_VMLINUX_SIZE
-            {
+            if entry.header().entry_type() != tar::EntryType::Regular || entry.size() > MAX_VMLINUX_SIZE {
                 return Err(Error::Kernel(format!(
                     "kernel layer {layer}: vmlinux is not a regular file under 1 GiB"
                 )));
@@ -305,17 +274,8 @@ fn extract_vmlinux(store: &Store, layer: &Digest, dest: &Path) -> Result<bool, E
 }
 
 fn annotations(manifest: &oci_spec::image::ImageManifest) -> (String, String) {
-    let get = |k: &str| {
-        manifest
-            .annotations()
-            .as_ref()
-            .and_then(|a| a.get(k).cloned())
-            .unwrap_or_default()
-    };
-    (
-        get(media::ANNOTATION_KERNEL_VERSION),
-        get(media::ANNOTATION_KERNEL_FLAVOUR),
-    )
+    let get = |k: &str| manifest.annotations().as_ref().and_then(|a| a.get(k).cloned()).unwrap_or_default();
+    (get(media::ANNOTATION_KERNEL_VERSION), get(media::ANNOTATION_KERNEL_FLAVOUR))
 }
 
 fn append_file<W: Write>(tar: &mut tar::Builder<W>, name: &str, data: &[u8]) -> Result<(), Error> {
@@ -326,27 +286,17 @@ fn append_file<W: Write>(tar: &mut tar::Builder<W>, name: &str, data: &[u8]) -> 
     header.set_uid(0);
     header.set_gid(0);
     header.set_mtime(0);
-    tar.append_data(&mut header, name, data)
-        .map_err(|e| Error::io("writing kernel layer entry", name, e))
+    tar.append_data(&mut header, name, data).map_err(|e| Error::io("writing kernel layer entry", name, e))
 }
 
 fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, Error> {
     let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
-    let size = file
-        .metadata()
-        .map_err(|e| Error::io("reading metadata of", path, e))?
-        .len();
+    let size = file.metadata().map_err(|e| Error::io("reading metadata of", path, e))?.len();
     if size > limit {
-        return Err(Error::TooLarge {
-            what: path.display().to_string(),
-            size,
-            limit,
-        });
+        return Err(Error::TooLarge { what: path.display().to_string(), size, limit });
     }
     let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-    file.take(limit)
-        .read_to_end(&mut data)
-        .map_err(|e| Error::io("reading", path, e))?;
+    file.take(limit).read_to_end(&mut data).map_err(|e| Error::io("reading", path, e))?;
     Ok(data)
 }
 
@@ -364,13 +314,7 @@ fn tag_from_version(version: &str) -> String {
     let mut tag: String = version
         .chars()
         .take(128)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '_' })
         .collect();
     if tag.starts_with(['.', '-']) {
         tag.insert(0, 'v');
@@ -385,11 +329,7 @@ fn banner_version(data: &[u8]) -> Option<String> {
     let mut rest = data;
     while let Some(pos) = rest.windows(BANNER.len()).position(|w| w == BANNER) {
         let after = &rest[pos + BANNER.len()..];
-        let end = after
-            .iter()
-            .take(128)
-            .position(|&b| b == b' ' || b == 0 || b == b'\n')
-            .unwrap_or(0);
+        let end = after.iter().take(128).position(|&b| b == b' ' || b == 0 || b == b'\n').unwrap_or(0);
         let word = &after[..end];
         if word.first().is_some_and(u8::is_ascii_digit) && word.iter().all(u8::is_ascii_graphic) {
             return Some(String::from_utf8_lossy(word).into_owned());
@@ -412,13 +352,13 @@ const PHDR_SIZE: usize = 56;
 /// loadable segment inside the file. Returns the reason it is not.
 pub fn check_vmlinux(data: &[u8]) -> Result<(), String> {
     if data.len() < EHDR_SIZE {
-        return Err(format!(
-            "not an ELF vmlinux: {} bytes is shorter than an ELF header",
-            data.len()
-        ));
+        return Err(format!("not an ELF vmlinux: {} bytes is shorter than an ELF header", data.len()));
     }
     if &data[..4] != ELF_MAGIC {
-        return Err("not an ELF vmlinux: no ELF magic (a bzImage or compressed kernel will not do; use vmlinux)".into());
+        return Err(
+            "not an ELF vmlinux: no ELF magic (a bzImage or compressed kernel will not do; use vmlinux)"
+                .into(),
+        );
     }
     if data[4] != ELFCLASS64 || data[5] != ELFDATA2LSB {
         return Err("not an x86_64 vmlinux: not a little-endian 64-bit ELF".into());
@@ -431,24 +371,20 @@ pub fn check_vmlinux(data: &[u8]) -> Result<(), String> {
     }
     let e_type = u16_at(data, 16);
     if e_type != ET_EXEC {
-        return Err(format!(
-            "not a vmlinux: ELF type is {e_type}, expected {ET_EXEC} (executable)"
-        ));
+        return Err(format!("not a vmlinux: ELF type is {e_type}, expected {ET_EXEC} (executable)"));
     }
     let phoff = u64_at(data, 32);
     let phentsize = usize::from(u16_at(data, 54));
     let phnum = usize::from(u16_at(data, 56));
     if phnum == 0 || phentsize < PHDR_SIZE {
-        return Err(format!(
-            "not a vmlinux: {phnum} program headers of {phentsize} bytes"
-        ));
+        return Err(format!("not a vmlinux: {phnum} program headers of {phentsize} bytes"));
     }
     let len = data.len() as u64;
-    let table_end = (phnum as u64)
-        .checked_mul(phentsize as u64)
-        .and_then(|t| t.checked_add(phoff));
+    let table_end = (phnum as u64).checked_mul(phentsize as u64).and_then(|t| t.checked_add(phoff));
     if table_end.is_none_or(|end| end > len) {
-        return Err(format!("truncated vmlinux: program headers at offset {phoff} run past the end of the {len}-byte file"));
+        return Err(format!(
+            "truncated vmlinux: program headers at offset {phoff} run past the end of the {len}-byte file"
+        ));
     }
     for i in 0..phnum {
         let ph = usize::try_from(phoff).unwrap_or(usize::MAX) + i * phentsize;
@@ -525,15 +461,11 @@ mod tests {
         let good = fake_vmlinux("6.1.0", 4096);
         let mut wrong_arch = good.clone();
         wrong_arch[18] = 183; // aarch64
-        assert!(check_vmlinux(&wrong_arch)
-            .unwrap_err()
-            .contains("machine is 183"));
+        assert!(check_vmlinux(&wrong_arch).unwrap_err().contains("machine is 183"));
         let mut class32 = good.clone();
         class32[4] = 1;
         assert!(check_vmlinux(&class32).is_err());
-        assert!(check_vmlinux(&good[..good.len() - 100])
-            .unwrap_err()
-            .contains("truncated"));
+        assert!(check_vmlinux(&good[..good.len() - 100]).unwrap_err().contains("truncated"));
         assert!(check_vmlinux(&good[..40]).is_err());
         assert!(check_vmlinux(
             b"\x1f\x8b\x08 this is gzip, not ELF, padded to more than sixty-four bytes..."

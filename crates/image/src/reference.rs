@@ -24,29 +24,19 @@ pub struct Reference {
 impl Reference {
     /// Parses a reference, filling in the default registry, `library/` namespace and tag.
     pub fn parse(input: &str) -> Result<Reference, Error> {
-        let invalid = |reason| Error::InvalidReference {
-            reference: input.to_owned(),
-            reason,
-        };
+        let invalid = |reason| Error::InvalidReference { reference: input.to_owned(), reason };
         if input.is_empty() {
             return Err(invalid("empty reference"));
         }
         let (name_tag, digest) = match input.split_once('@') {
-            Some((n, d)) => (
-                n,
-                Some(
-                    Digest::parse(d)
-                        .map_err(|_| invalid("digest must be sha256:<64 hex digits>"))?,
-                ),
-            ),
+            Some((n, d)) => {
+                (n, Some(Digest::parse(d).map_err(|_| invalid("digest must be sha256:<64 hex digits>"))?))
+            }
             None => (input, None),
         };
         let last_slash = name_tag.rfind('/').map_or(0, |i| i + 1);
         let (name, tag) = match name_tag[last_slash..].rfind(':') {
-            Some(i) => (
-                &name_tag[..last_slash + i],
-                Some(&name_tag[last_slash + i + 1..]),
-            ),
+            Some(i) => (&name_tag[..last_slash + i], Some(&name_tag[last_slash + i + 1..])),
             None => (name_tag, None),
         };
         if let Some(tag) = tag {
@@ -57,15 +47,11 @@ impl Reference {
             }
         }
         let (registry, path) = match name.split_once('/') {
-            Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => {
-                (first, rest)
-            }
+            Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => (first, rest),
             _ => (DEFAULT_REGISTRY, name),
         };
         if registry != DEFAULT_REGISTRY && !valid_registry(registry) {
-            return Err(invalid(
-                "registry must be a host name or address with an optional :port",
-            ));
+            return Err(invalid("registry must be a host name or address with an optional :port"));
         }
         let repository = if registry == DEFAULT_REGISTRY && !path.contains('/') {
             format!("library/{path}")
@@ -83,12 +69,7 @@ impl Reference {
             (None, Some(_)) => None,
             (None, None) => Some(DEFAULT_TAG.to_owned()),
         };
-        Ok(Reference {
-            registry: registry.to_owned(),
-            repository,
-            tag,
-            digest,
-        })
+        Ok(Reference { registry: registry.to_owned(), repository, tag, digest })
     }
 
     /// The registry host (and port), e.g. `docker.io` or `127.0.0.1:5000`.
@@ -119,10 +100,7 @@ impl Reference {
     /// The repository as Docker shows it: `busybox` rather than `docker.io/library/busybox`.
     pub fn familiar_name(&self) -> String {
         if self.registry == DEFAULT_REGISTRY {
-            self.repository
-                .strip_prefix("library/")
-                .unwrap_or(&self.repository)
-                .to_owned()
+            self.repository.strip_prefix("library/").unwrap_or(&self.repository).to_owned()
         } else {
             self.name()
         }
@@ -144,20 +122,12 @@ impl Reference {
 
     /// This reference with another tag and no digest.
     pub fn with_tag(&self, tag: &str) -> Reference {
-        Reference {
-            tag: Some(tag.to_owned()),
-            digest: None,
-            ..self.clone()
-        }
+        Reference { tag: Some(tag.to_owned()), digest: None, ..self.clone() }
     }
 
     /// This reference pinned to `digest`, keeping no tag.
     pub fn with_digest(&self, digest: Digest) -> Reference {
-        Reference {
-            tag: None,
-            digest: Some(digest),
-            ..self.clone()
-        }
+        Reference { tag: None, digest: Some(digest), ..self.clone() }
     }
 }
 
@@ -186,8 +156,7 @@ fn valid_tag(tag: &str) -> bool {
     !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
 fn valid_registry(host: &str) -> bool {
@@ -208,9 +177,7 @@ fn valid_registry(host: &str) -> bool {
             !label.is_empty()
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|c| c.is_ascii_alphanumeric() || c == b'-')
+                && label.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
         })
 }
 
@@ -253,39 +220,18 @@ mod tests {
     #[test]
     fn normalizes_like_docker() {
         assert_eq!(full("busybox"), "docker.io/library/busybox:latest");
-        assert_eq!(
-            full("library/busybox:1.36"),
-            "docker.io/library/busybox:1.36"
-        );
-        assert_eq!(
-            full("bulkhead/kernel:6.1.0"),
-            "docker.io/bulkhead/kernel:6.1.0"
-        );
+        assert_eq!(full("library/busybox:1.36"), "docker.io/library/busybox:1.36");
+        assert_eq!(full("bulkhead/kernel:6.1.0"), "docker.io/bulkhead/kernel:6.1.0");
         assert_eq!(full("localhost/foo"), "localhost/foo:latest");
-        assert_eq!(
-            full("127.0.0.1:5000/a/b-c__d.e:v1.0_x"),
-            "127.0.0.1:5000/a/b-c__d.e:v1.0_x"
-        );
+        assert_eq!(full("127.0.0.1:5000/a/b-c__d.e:v1.0_x"), "127.0.0.1:5000/a/b-c__d.e:v1.0_x");
         let d = format!("sha256:{}", "a".repeat(64));
-        assert_eq!(
-            full(&format!("host:5000/ns/name@{d}")),
-            format!("host:5000/ns/name@{d}")
-        );
-        assert_eq!(
-            full(&format!("ubuntu:22.04@{d}")),
-            format!("docker.io/library/ubuntu:22.04@{d}")
-        );
+        assert_eq!(full(&format!("host:5000/ns/name@{d}")), format!("host:5000/ns/name@{d}"));
+        assert_eq!(full(&format!("ubuntu:22.04@{d}")), format!("docker.io/library/ubuntu:22.04@{d}"));
         let r = Reference::parse("quay.io/x/y").unwrap();
         assert_eq!(r.registry(), "quay.io");
         assert_eq!(r.repository(), "x/y");
-        assert_eq!(
-            Reference::parse("busybox").unwrap().familiar(),
-            "busybox:latest"
-        );
-        assert_eq!(
-            Reference::parse("127.0.0.1:5000/x").unwrap().familiar(),
-            "127.0.0.1:5000/x:latest"
-        );
+        assert_eq!(Reference::parse("busybox").unwrap().familiar(), "busybox:latest");
+        assert_eq!(Reference::parse("127.0.0.1:5000/x").unwrap().familiar(), "127.0.0.1:5000/x:latest");
     }
 
     #[test]

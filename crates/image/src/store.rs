@@ -62,15 +62,8 @@ pub(crate) struct IndexEntry {
 impl Store {
     /// Opens (creating if needed) a store rooted at `root`.
     pub fn open(root: &Path) -> Result<Store, Error> {
-        let store = Store {
-            root: root.to_owned(),
-        };
-        for dir in [
-            store.blob_dir(),
-            store.tmp_dir(),
-            store.root.join("disks"),
-            store.root.join("kernels"),
-        ] {
+        let store = Store { root: root.to_owned() };
+        for dir in [store.blob_dir(), store.tmp_dir(), store.root.join("disks"), store.root.join("kernels")] {
             fs::create_dir_all(&dir).map_err(|e| Error::io("creating store directory", &dir, e))?;
         }
         Ok(store)
@@ -105,9 +98,7 @@ impl Store {
         let path = self.blob_path(digest);
         match fs::metadata(&path) {
             Ok(m) => Ok(m.len()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                Err(Error::BlobNotFound(digest.to_string()))
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::BlobNotFound(digest.to_string())),
             Err(e) => Err(Error::io("reading metadata of", path, e)),
         }
     }
@@ -140,8 +131,7 @@ impl Store {
             }
         }
         let mut w = self.blob_writer()?;
-        w.write_all(data)
-            .map_err(|e| Error::io("writing blob to", self.tmp_dir(), e))?;
+        w.write_all(data).map_err(|e| Error::io("writing blob to", self.tmp_dir(), e))?;
         w.commit(expected, Some(data.len() as u64), "blob")
     }
 
@@ -167,11 +157,7 @@ impl Store {
     pub fn read_blob(&self, digest: &Digest, limit: u64) -> Result<Vec<u8>, Error> {
         let size = self.blob_size(digest)?;
         if size > limit {
-            return Err(Error::TooLarge {
-                what: format!("blob {digest}"),
-                size,
-                limit,
-            });
+            return Err(Error::TooLarge { what: format!("blob {digest}"), size, limit });
         }
         let path = self.blob_path(digest);
         let data = fs::read(&path).map_err(|e| Error::io("reading blob", &path, e))?;
@@ -200,11 +186,7 @@ impl Store {
             out.push(ImageEntry {
                 reference: Reference::parse(name)?,
                 digest: Digest::parse(&entry.digest)?,
-                index_digest: entry
-                    .index_digest
-                    .as_deref()
-                    .map(Digest::parse)
-                    .transpose()?,
+                index_digest: entry.index_digest.as_deref().map(Digest::parse).transpose()?,
             });
         }
         Ok(out)
@@ -219,10 +201,8 @@ impl Store {
                 return Ok((r, Digest::parse(&e.digest)?));
             }
             if let Some(d) = r.digest() {
-                if let Some((name, _)) = index
-                    .images
-                    .iter()
-                    .find(|(n, e)| e.digest == d.as_str() && n.starts_with(&r.name()))
+                if let Some((name, _)) =
+                    index.images.iter().find(|(n, e)| e.digest == d.as_str() && n.starts_with(&r.name()))
                 {
                     return Ok((Reference::parse(name)?, d.clone()));
                 }
@@ -266,10 +246,7 @@ impl Store {
         self.update_index(|idx| {
             idx.images.insert(
                 reference.to_string(),
-                IndexEntry {
-                    digest: digest.to_string(),
-                    index_digest: index_digest.map(|d| d.to_string()),
-                },
+                IndexEntry { digest: digest.to_string(), index_digest: index_digest.map(|d| d.to_string()) },
             );
             Ok(())
         })
@@ -282,8 +259,7 @@ impl Store {
     pub(crate) fn read_index(&self) -> Result<Index, Error> {
         let path = self.index_path();
         match fs::read(&path) {
-            Ok(data) => serde_json::from_slice(&data)
-                .map_err(|e| Error::json(path.display().to_string(), e)),
+            Ok(data) => serde_json::from_slice(&data).map_err(|e| Error::json(path.display().to_string(), e)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Index::default()),
             Err(e) => Err(Error::io("reading", path, e)),
         }
@@ -291,10 +267,7 @@ impl Store {
 
     /// Serializes a read-modify-write of `images.json` under an exclusive lock; the new index
     /// replaces the old atomically.
-    pub(crate) fn update_index<R>(
-        &self,
-        f: impl FnOnce(&mut Index) -> Result<R, Error>,
-    ) -> Result<R, Error> {
+    pub(crate) fn update_index<R>(&self, f: impl FnOnce(&mut Index) -> Result<R, Error>) -> Result<R, Error> {
         let _lock = self.lock("images.lock")?;
         let mut index = self.read_index()?;
         let out = f(&mut index)?;
@@ -318,30 +291,22 @@ pub(crate) fn lock_file(path: &Path) -> Result<Flock<File>, Error> {
         .write(true)
         .open(path)
         .map_err(|e| Error::io("opening lock file", path, e))?;
-    Flock::lock(file, FlockArg::LockExclusive)
-        .map_err(|(_, errno)| Error::io("locking", path, errno.into()))
+    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| Error::io("locking", path, errno.into()))
 }
 
 /// Writes `data` to `path` via a temporary file in the same directory, fsync and rename.
 pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), Error> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp =
-        NamedTempFile::new_in(dir).map_err(|e| Error::io("creating temporary file in", dir, e))?;
-    tmp.write_all(data)
-        .map_err(|e| Error::io("writing", tmp.path().to_owned(), e))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| Error::io("syncing", tmp.path().to_owned(), e))?;
-    tmp.persist(path)
-        .map_err(|e| Error::io("renaming into", path, e.error))?;
+    let mut tmp = NamedTempFile::new_in(dir).map_err(|e| Error::io("creating temporary file in", dir, e))?;
+    tmp.write_all(data).map_err(|e| Error::io("writing", tmp.path().to_owned(), e))?;
+    tmp.as_file().sync_all().map_err(|e| Error::io("syncing", tmp.path().to_owned(), e))?;
+    tmp.persist(path).map_err(|e| Error::io("renaming into", path, e.error))?;
     sync_dir(dir)
 }
 
 /// Makes a rename in `dir` durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), Error> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("syncing directory", dir, e))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io("syncing directory", dir, e))
 }
 
 /// Writes a blob into a temporary file while hashing it; [`BlobWriter::commit`] checks digest
@@ -370,11 +335,7 @@ impl BlobWriter {
         let actual = Digest::from_hasher(self.hasher);
         if let Some(size) = expected_size {
             if size != self.size {
-                return Err(Error::SizeMismatch {
-                    what: what.to_owned(),
-                    expected: size,
-                    actual: self.size,
-                });
+                return Err(Error::SizeMismatch { what: what.to_owned(), expected: size, actual: self.size });
             }
         }
         if let Some(d) = expected {
@@ -386,19 +347,13 @@ impl BlobWriter {
                 });
             }
         }
-        let tmp = self.file.into_inner().map_err(|e| {
-            Error::io(
-                "flushing temporary blob",
-                self.store.tmp_dir(),
-                e.into_error(),
-            )
-        })?;
-        tmp.as_file()
-            .sync_all()
-            .map_err(|e| Error::io("syncing", tmp.path().to_owned(), e))?;
+        let tmp = self
+            .file
+            .into_inner()
+            .map_err(|e| Error::io("flushing temporary blob", self.store.tmp_dir(), e.into_error()))?;
+        tmp.as_file().sync_all().map_err(|e| Error::io("syncing", tmp.path().to_owned(), e))?;
         let dest = self.store.blob_path(&actual);
-        tmp.persist(&dest)
-            .map_err(|e| Error::io("renaming blob into", &dest, e.error))?;
+        tmp.persist(&dest).map_err(|e| Error::io("renaming blob into", &dest, e.error))?;
         sync_dir(&self.store.blob_dir())?;
         Ok(actual)
     }
@@ -445,10 +400,7 @@ impl Read for VerifyingReader {
             if actual != self.expected {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!(
-                        "stored blob {} is corrupt: its content hashes to {actual}",
-                        self.expected
-                    ),
+                    format!("stored blob {} is corrupt: its content hashes to {actual}", self.expected),
                 ));
             }
         }
@@ -468,21 +420,11 @@ mod tests {
         let d = store.write_blob(b"hello", None).unwrap();
         assert_eq!(store.read_blob(&d, 100).unwrap(), b"hello");
         let wrong = Digest::of(b"other");
-        assert!(matches!(
-            store.write_blob(b"hello", Some(&wrong)),
-            Err(Error::DigestMismatch { .. })
-        ));
+        assert!(matches!(store.write_blob(b"hello", Some(&wrong)), Err(Error::DigestMismatch { .. })));
         assert!(!store.has_blob(&wrong));
-        assert_eq!(
-            fs::read_dir(store.tmp_dir()).unwrap().count(),
-            0,
-            "temporary files left behind"
-        );
+        assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0, "temporary files left behind");
         fs::write(store.blob_path(&d), b"hellO").unwrap();
-        assert!(matches!(
-            store.read_blob(&d, 100),
-            Err(Error::DigestMismatch { .. })
-        ));
+        assert!(matches!(store.read_blob(&d, 100), Err(Error::DigestMismatch { .. })));
         let mut r = store.open_blob(&d).unwrap();
         let err = io::copy(&mut r, &mut io::sink()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
@@ -497,9 +439,6 @@ mod tests {
         store.set_reference(&r, &d, None).unwrap();
         assert_eq!(store.lookup("busybox:latest").unwrap().1, d);
         assert_eq!(store.lookup(&d.hex()[..8]).unwrap().1, d);
-        assert!(matches!(
-            store.lookup("nothere"),
-            Err(Error::ImageNotFound(_))
-        ));
+        assert!(matches!(store.lookup("nothere"), Err(Error::ImageNotFound(_))));
     }
 }

@@ -41,20 +41,14 @@ fn import_list_default_resolve() {
     Digest::parse(&first.digest).unwrap();
 
     // Importing the same file again is idempotent: same digest.
-    assert_eq!(
-        kernel::import(&store, &vmlinux, None, None).unwrap().digest,
-        first.digest
-    );
+    assert_eq!(kernel::import(&store, &vmlinux, None, None).unwrap().digest, first.digest);
 
     let src2 = tmp.path().join("k2");
     fs::create_dir(&src2).unwrap();
     let vmlinux2 = write_kernel(&src2, "ignored");
     fs::write(src2.join("version"), "6.2.0-other\n").unwrap();
     let second = kernel::import(&store, &vmlinux2, None, Some("example.com/k/other:v2")).unwrap();
-    assert_eq!(
-        second.version, "6.2.0-other",
-        "a version file beside the vmlinux wins"
-    );
+    assert_eq!(second.version, "6.2.0-other", "a version file beside the vmlinux wins");
     assert!(!second.is_default);
 
     let listed = kernel::list(&store).unwrap();
@@ -64,10 +58,7 @@ fn import_list_default_resolve() {
 
     let resolved = kernel::resolve(&store, None).unwrap();
     assert_eq!(resolved.digest, first.digest);
-    assert_eq!(
-        fs::read(&resolved.path).unwrap(),
-        fs::read(&vmlinux).unwrap()
-    );
+    assert_eq!(fs::read(&resolved.path).unwrap(), fs::read(&vmlinux).unwrap());
     let again = kernel::resolve(&store, None).unwrap();
     assert_eq!(again, resolved);
 
@@ -78,22 +69,11 @@ fn import_list_default_resolve() {
     assert_eq!(default[0].reference, "example.com/k/other:v2");
     let resolved = kernel::resolve(&store, None).unwrap();
     assert_eq!(resolved.version, "6.2.0-other");
-    assert_eq!(
-        fs::read(&resolved.path).unwrap(),
-        fs::read(&vmlinux2).unwrap()
-    );
+    assert_eq!(fs::read(&resolved.path).unwrap(), fs::read(&vmlinux2).unwrap());
     // By reference and by short digest.
-    assert_eq!(
-        kernel::resolve(&store, Some("bulkhead/kernel:6.1.0-test"))
-            .unwrap()
-            .digest,
-        first.digest
-    );
+    assert_eq!(kernel::resolve(&store, Some("bulkhead/kernel:6.1.0-test")).unwrap().digest, first.digest);
     let short = &first.digest["sha256:".len()..][..12];
-    assert_eq!(
-        kernel::resolve(&store, Some(short)).unwrap().digest,
-        first.digest
-    );
+    assert_eq!(kernel::resolve(&store, Some(short)).unwrap().digest, first.digest);
     assert!(kernel::resolve(&store, Some("nope:1")).is_err());
     assert!(kernel::set_default(&store, "nope:1").is_err());
 }
@@ -105,9 +85,7 @@ fn concurrent_resolve_extracts_once() {
     let vmlinux = write_kernel(tmp.path(), "6.1.0");
     kernel::import(&store, &vmlinux, None, None).unwrap();
     let results: Vec<_> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..6)
-            .map(|_| s.spawn(|| kernel::resolve(&store, None)))
-            .collect();
+        let handles: Vec<_> = (0..6).map(|_| s.spawn(|| kernel::resolve(&store, None))).collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let want = fs::read(&vmlinux).unwrap();
@@ -116,14 +94,8 @@ fn concurrent_resolve_extracts_once() {
         assert_eq!(r.path, results[0].as_ref().unwrap().path);
         assert_eq!(fs::read(&r.path).unwrap(), want);
     }
-    assert!(
-        files_under(&store.root().join("tmp")).is_empty(),
-        "leftovers in tmp"
-    );
-    assert_eq!(
-        fs::read_dir(store.root().join("kernels")).unwrap().count(),
-        1
-    );
+    assert!(files_under(&store.root().join("tmp")).is_empty(), "leftovers in tmp");
+    assert_eq!(fs::read_dir(store.root().join("kernels")).unwrap().count(), 1);
 }
 
 #[test]
@@ -136,8 +108,7 @@ fn bad_kernel_files_are_rejected_and_nothing_is_stored() {
     let cases: Vec<(&str, Vec<u8>)> = vec![
         (
             "text",
-            b"#!/bin/sh\necho this is not a kernel at all, but it is long enough for a header\n"
-                .to_vec(),
+            b"#!/bin/sh\necho this is not a kernel at all, but it is long enough for a header\n".to_vec(),
         ),
         ("truncated", good[..good.len() / 2].to_vec()),
         ("tiny", good[..10].to_vec()),
@@ -152,15 +123,10 @@ fn bad_kernel_files_are_rejected_and_nothing_is_stored() {
         assert!(matches!(err, Error::Kernel(_)), "{name}: {msg}");
         assert!(!msg.contains('\n') && msg.contains(name), "{name}: {msg}");
     }
-    assert!(files_under(&store.root().join("content"))
-        .iter()
-        .all(|p| p.ends_with("sha256")));
+    assert!(files_under(&store.root().join("content")).iter().all(|p| p.ends_with("sha256")));
     assert!(!store.root().join("images.json").exists());
     assert!(kernel::list(&store).unwrap().is_empty());
-    assert!(kernel::resolve(&store, None)
-        .unwrap_err()
-        .to_string()
-        .contains("no default kernel"));
+    assert!(kernel::resolve(&store, None).unwrap_err().to_string().contains("no default kernel"));
 }
 
 #[test]
@@ -169,9 +135,7 @@ fn corrupt_layer_is_detected_on_resolve() {
     let store = Store::open(&tmp.path().join("store")).unwrap();
     let vmlinux = write_kernel(tmp.path(), "6.1.0");
     let k = kernel::import(&store, &vmlinux, None, None).unwrap();
-    let manifest = store
-        .read_manifest(&Digest::parse(&k.digest).unwrap())
-        .unwrap();
+    let manifest = store.read_manifest(&Digest::parse(&k.digest).unwrap()).unwrap();
     let layer = Digest::parse(manifest.layers()[0].digest().as_ref()).unwrap();
     let path = store.blob_path(&layer);
     let mut data = fs::read(&path).unwrap();
@@ -180,10 +144,7 @@ fn corrupt_layer_is_detected_on_resolve() {
     fs::write(&path, &data).unwrap();
     let err = kernel::resolve(&store, None).unwrap_err().to_string();
     assert!(err.contains("corrupt"), "{err}");
-    assert_eq!(
-        fs::read_dir(store.root().join("kernels")).unwrap().count(),
-        0
-    );
+    assert_eq!(fs::read_dir(store.root().join("kernels")).unwrap().count(), 0);
     assert!(files_under(&store.root().join("tmp")).is_empty());
 }
 
@@ -192,12 +153,7 @@ fn non_kernel_image_is_not_a_kernel() {
     let tmp = tempfile::tempdir().unwrap();
     let store = Store::open(tmp.path()).unwrap();
     let d = store.write_blob(br#"{"schemaVersion":2,"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","size":0},"layers":[]}"#, None).unwrap();
-    store
-        .set_reference(&"busybox".parse().unwrap(), &d, None)
-        .unwrap();
-    assert!(kernel::set_default(&store, "busybox")
-        .unwrap_err()
-        .to_string()
-        .contains("not a kernel"));
+    store.set_reference(&"busybox".parse().unwrap(), &d, None).unwrap();
+    assert!(kernel::set_default(&store, "busybox").unwrap_err().to_string().contains("not a kernel"));
     assert!(kernel::list(&store).unwrap().is_empty());
 }

@@ -104,17 +104,10 @@ fn body_len(word: [u8; 4]) -> Result<usize, FrameError> {
 fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
     let (&kind, rest) = body.split_first().ok_or(FrameError::Empty)?;
     match kind {
-        KIND_MESSAGE => serde_json::from_slice(rest)
-            .map(Frame::Message)
-            .map_err(FrameError::BadMessage),
+        KIND_MESSAGE => serde_json::from_slice(rest).map(Frame::Message).map_err(FrameError::BadMessage),
         KIND_DATA => {
-            let (stream, bytes) = rest
-                .split_first_chunk::<4>()
-                .ok_or(FrameError::ShortData(rest.len()))?;
-            Ok(Frame::Data {
-                stream: u32::from_le_bytes(*stream),
-                bytes: bytes.to_vec(),
-            })
+            let (stream, bytes) = rest.split_first_chunk::<4>().ok_or(FrameError::ShortData(rest.len()))?;
+            Ok(Frame::Data { stream: u32::from_le_bytes(*stream), bytes: bytes.to_vec() })
         }
         other => Err(FrameError::UnknownKind(other)),
     }
@@ -128,10 +121,7 @@ pub struct FrameReader<R> {
 
 impl<R: Read> FrameReader<R> {
     pub fn new(inner: R) -> Self {
-        FrameReader {
-            inner,
-            body: Vec::new(),
-        }
+        FrameReader { inner, body: Vec::new() }
     }
 
     /// The next frame, or `Ok(None)` at a clean end of stream (between frames).
@@ -201,21 +191,12 @@ mod tests {
             Frame::Message(Message::Ready {
                 version: PROTOCOL_VERSION,
                 agent_version: "0.1.0".into(),
-                boot: BootTimes {
-                    init_start_ns: 1,
-                    ready_ns: 2,
-                },
+                boot: BootTimes { init_start_ns: 1, ready_ns: 2 },
             }),
             Frame::Message(Message::Ping { seq: u64::MAX }),
             Frame::Message(Message::Shutdown),
-            Frame::Data {
-                stream: 7,
-                bytes: b"hello".to_vec(),
-            },
-            Frame::Data {
-                stream: 0,
-                bytes: Vec::new(),
-            },
+            Frame::Data { stream: 7, bytes: b"hello".to_vec() },
+            Frame::Data { stream: 0, bytes: Vec::new() },
         ]
     }
 
@@ -240,10 +221,7 @@ mod tests {
         for frame in samples() {
             let bytes = wire(&frame);
             for cut in 0..bytes.len() {
-                assert!(
-                    decode(&bytes[..cut]).unwrap().is_none(),
-                    "prefix {cut} of {frame:?}"
-                );
+                assert!(decode(&bytes[..cut]).unwrap().is_none(), "prefix {cut} of {frame:?}");
             }
         }
     }
@@ -253,45 +231,28 @@ mod tests {
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (vec![0, 0, 0, 0], "length 0 has no kind byte"),
             (vec![0xff, 0xff, 0xff, 0xff, 1], "exceeds the limit"),
-            (
-                ((MAX_FRAME_LEN + 1) as u32).to_le_bytes().to_vec(),
-                "exceeds the limit",
-            ),
+            (u32::try_from(MAX_FRAME_LEN + 1).unwrap().to_le_bytes().to_vec(), "exceeds the limit"),
             (vec![1, 0, 0, 0, 9], "kind 9 is unknown"),
-            (
-                vec![3, 0, 0, 0, 2, 1, 2],
-                "shorter than its 4-byte stream id",
-            ),
+            (vec![3, 0, 0, 0, 2, 1, 2], "shorter than its 4-byte stream id"),
             (vec![3, 0, 0, 0, 1, b'{', b'}'], "not valid"),
             (message_frame(br#"{"type":1}"#), "not valid"),
             (message_frame(br#"{"type":"launch_missiles"}"#), "not valid"),
             (message_frame(br#"{"type":"ping","seq":-1}"#), "not valid"),
-            (
-                message_frame(br#"{"type":"ping","seq":1,"x":0}"#),
-                "not valid",
-            ),
+            (message_frame(br#"{"type":"ping","seq":1,"x":0}"#), "not valid"),
             (message_frame(&[0xc3, 0x28, 0xa0]), "not valid"),
         ];
         for (bytes, want) in cases {
             let err = decode(&bytes).expect_err(&format!("{bytes:?} decoded"));
-            assert!(
-                err.to_string().contains(want),
-                "{bytes:?}: {err} does not contain {want:?}"
-            );
+            assert!(err.to_string().contains(want), "{bytes:?}: {err} does not contain {want:?}");
             // The reader agrees with the slice decoder.
-            let err = FrameReader::new(&bytes[..])
-                .read_frame()
-                .expect_err("reader accepted it");
+            let err = FrameReader::new(&bytes[..]).read_frame().expect_err("reader accepted it");
             assert!(err.to_string().contains(want), "reader on {bytes:?}: {err}");
         }
     }
 
     #[test]
     fn truncated_stream_is_reported_by_the_reader() {
-        let bytes = wire(&Frame::Data {
-            stream: 1,
-            bytes: vec![1; 100],
-        });
+        let bytes = wire(&Frame::Data { stream: 1, bytes: vec![1; 100] });
         let err = FrameReader::new(&bytes[..50]).read_frame().unwrap_err();
         assert!(matches!(err, FrameError::Truncated(50)), "{err}");
         let err = FrameReader::new(&bytes[..2]).read_frame().unwrap_err();
@@ -300,15 +261,9 @@ mod tests {
 
     #[test]
     fn oversized_frames_are_not_encoded() {
-        let frame = Frame::Data {
-            stream: 1,
-            bytes: vec![0; MAX_FRAME_LEN],
-        };
+        let frame = Frame::Data { stream: 1, bytes: vec![0; MAX_FRAME_LEN] };
         let mut out = vec![9];
-        assert!(matches!(
-            encode(&frame, &mut out),
-            Err(FrameError::TooLong(_))
-        ));
+        assert!(matches!(encode(&frame, &mut out), Err(FrameError::TooLong(_))));
         assert_eq!(out, vec![9], "a refused frame leaves the buffer as it was");
     }
 
@@ -323,11 +278,11 @@ mod tests {
             state
         };
         for _ in 0..20_000 {
-            let len = (next() % 64) as usize;
-            let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            let len = usize::try_from(next() % 64).unwrap();
+            let mut bytes: Vec<u8> = (0..len).map(|_| next().to_le_bytes()[0]).collect();
             if bytes.len() >= 4 && next() % 2 == 0 {
                 // Plausible length words reach the body decoders more often.
-                let body = (bytes.len() - 4) as u32;
+                let body = u32::try_from(bytes.len() - 4).unwrap();
                 bytes[..4].copy_from_slice(&body.to_le_bytes());
             }
             let _ = decode(&bytes);

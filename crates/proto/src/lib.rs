@@ -13,6 +13,4 @@ mod frame;
 mod message;
 
 pub use frame::{decode, encode, Frame, FrameError, FrameReader, HEADER_LEN, MAX_FRAME_LEN};
-pub use message::{
-    check_version, BootTimes, Message, VersionMismatch, AGENT_PORT_NAME, PROTOCOL_VERSION,
-};
+pub use message::{check_version, BootTimes, Message, VersionMismatch, AGENT_PORT_NAME, PROTOCOL_VERSION};

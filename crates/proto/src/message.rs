@@ -69,9 +69,7 @@ impl Message {
 
 /// The peer speaks another protocol version.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "agent protocol version mismatch: peer speaks v{peer}, this side speaks v{PROTOCOL_VERSION}"
-)]
+#[error("agent protocol version mismatch: peer speaks v{peer}, this side speaks v{PROTOCOL_VERSION}")]
 pub struct VersionMismatch {
     pub peer: u32,
 }

@@ -59,21 +59,18 @@ impl CheckReport {
 /// Runs the check; `progress` sees each step as it completes. Stops at the first failure.
 pub fn run(paths: &Paths, options: &CheckOptions, mut progress: impl FnMut(&Step)) -> CheckReport {
     let mut report = CheckReport::default();
-    let mut step =
-        |report: &mut CheckReport, name: &'static str, result: Result<String, String>| -> bool {
-            let ok = result.is_ok();
-            let detail = result.unwrap_or_else(|e| e);
-            let step = Step { name, ok, detail };
-            progress(&step);
-            report.steps.push(step);
-            ok
-        };
+    let mut step = |report: &mut CheckReport, name: &'static str, result: Result<String, String>| -> bool {
+        let ok = result.is_ok();
+        let detail = result.unwrap_or_else(|e| e);
+        let step = Step { name, ok, detail };
+        progress(&step);
+        report.steps.push(step);
+        ok
+    };
 
     let qemu = host::qemu().map_err(|e| e.to_string());
-    let qemu_detail = qemu
-        .as_ref()
-        .map(|q| format!("{} {}", q.path.display(), q.version))
-        .map_err(Clone::clone);
+    let qemu_detail =
+        qemu.as_ref().map(|q| format!("{} {}", q.path.display(), q.version)).map_err(Clone::clone);
     if !step(&mut report, "qemu", qemu_detail) {
         return report;
     }
@@ -81,22 +78,12 @@ pub fn run(paths: &Paths, options: &CheckOptions, mut progress: impl FnMut(&Step
     if !step(
         &mut report,
         "accelerator",
-        accel
-            .as_ref()
-            .map(|c| format!("{}: {}", c.accel, c.reason))
-            .map_err(Clone::clone),
+        accel.as_ref().map(|c| format!("{}: {}", c.accel, c.reason)).map_err(Clone::clone),
     ) {
         return report;
     }
     let kernel = resolve_kernel(paths, options.kernel.as_deref());
-    if !step(
-        &mut report,
-        "kernel",
-        kernel
-            .as_ref()
-            .map(|(_, d)| d.clone())
-            .map_err(Clone::clone),
-    ) {
+    if !step(&mut report, "kernel", kernel.as_ref().map(|(_, d)| d.clone()).map_err(Clone::clone)) {
         return report;
     }
     let initramfs = guest::find_guest_binary()
@@ -105,10 +92,7 @@ pub fn run(paths: &Paths, options: &CheckOptions, mut progress: impl FnMut(&Step
     if !step(
         &mut report,
         "guest init",
-        initramfs
-            .as_ref()
-            .map(|(_, b)| b.display().to_string())
-            .map_err(Clone::clone),
+        initramfs.as_ref().map(|(_, b)| b.display().to_string()).map_err(Clone::clone),
     ) {
         return report;
     }
@@ -116,13 +100,10 @@ pub fn run(paths: &Paths, options: &CheckOptions, mut progress: impl FnMut(&Step
         unreachable!("each step returned above on failure");
     };
 
+    sweep_stale_runs(paths);
     let run_dir = paths.run_root.join(format!("check-{}", std::process::id()));
     if let Err(e) = std::fs::create_dir_all(&run_dir) {
-        step(
-            &mut report,
-            "boot",
-            Err(format!("creating {}: {e}", run_dir.display())),
-        );
+        step(&mut report, "boot", Err(format!("creating {}: {e}", run_dir.display())));
         return report;
     }
     let console_log = run_dir.join("console.log");
@@ -147,11 +128,7 @@ pub fn run(paths: &Paths, options: &CheckOptions, mut progress: impl FnMut(&Step
             step(
                 &mut report,
                 "boot",
-                Ok(format!(
-                    "ready in {:.0} ms (agent {})",
-                    phases.boot_to_ready_ms,
-                    sandbox.agent_version()
-                )),
+                Ok(format!("ready in {:.0} ms (agent {})", phases.boot_to_ready_ms, sandbox.agent_version())),
             );
             let pinged = sandbox.ping().map_err(|e| e.to_string());
             report.ping_ms = pinged.as_ref().ok().map(|d| d.as_secs_f64() * 1e3);
@@ -160,19 +137,12 @@ pub fn run(paths: &Paths, options: &CheckOptions, mut progress: impl FnMut(&Step
                 "ping",
                 pinged.map(|d| format!("{:.2} ms round trip", d.as_secs_f64() * 1e3)),
             ) {
-                let down = sandbox
-                    .shutdown(Duration::from_secs(20))
-                    .map_err(|e| e.to_string());
+                let down = sandbox.shutdown(Duration::from_secs(20)).map_err(|e| e.to_string());
                 report.shutdown_ms = down.as_ref().ok().map(|d| d.as_secs_f64() * 1e3);
                 step(
                     &mut report,
                     "shutdown",
-                    down.map(|d| {
-                        format!(
-                            "VM exited {:.0} ms after the request",
-                            d.as_secs_f64() * 1e3
-                        )
-                    }),
+                    down.map(|d| format!("VM exited {:.0} ms after the request", d.as_secs_f64() * 1e3)),
                 )
             } else {
                 let _ = sandbox.hard_stop();
@@ -190,6 +160,22 @@ pub fn run(paths: &Paths, options: &CheckOptions, mut progress: impl FnMut(&Step
         report.console_log = Some(console_log);
     }
     report
+}
+
+/// Removes the run directories of earlier checks whose process is gone (killed mid-check).
+fn sweep_stale_runs(paths: &Paths) {
+    let Ok(entries) = std::fs::read_dir(&paths.run_root) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) =
+            name.to_str().and_then(|n| n.strip_prefix("check-")).and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fn resolve_kernel(paths: &Paths, reference: Option<&str>) -> Result<(PathBuf, String), String> {

@@ -21,18 +21,11 @@ pub enum Error {
     #[error("guest agent: {0}")]
     Agent(String),
     #[error("guest agent did not {stage} within {seconds} s{detail}")]
-    AgentTimeout {
-        stage: &'static str,
-        seconds: u64,
-        detail: String,
-    },
+    AgentTimeout { stage: &'static str, seconds: u64, detail: String },
 }
 
 impl Error {
-    pub(crate) fn io(
-        what: &'static str,
-        path: impl Into<PathBuf>,
-    ) -> impl FnOnce(std::io::Error) -> Error {
+    pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { what, path, source }
     }

@@ -26,17 +26,9 @@ pub fn find_guest_binary() -> Result<PathBuf, Error> {
             candidates.push(dir.join("../lib/bulkhead").join(GUEST_BINARY));
         }
     }
-    candidates
-        .iter()
-        .find(|path| path.is_file())
-        .cloned()
-        .ok_or_else(|| Error::GuestMissing {
-            searched: candidates
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
+    candidates.iter().find(|path| path.is_file()).cloned().ok_or_else(|| Error::GuestMissing {
+        searched: candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+    })
 }
 
 /// The initramfs for `guest`, built into the cache on first use.
@@ -49,18 +41,12 @@ pub fn initramfs(paths: &Paths, guest: &Path) -> Result<PathBuf, Error> {
         return Ok(path);
     }
     std::fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
-    let tmp = tempfile::NamedTempFile::new_in(&dir)
-        .map_err(Error::io("creating a temporary file in", &dir))?;
+    let tmp =
+        tempfile::NamedTempFile::new_in(&dir).map_err(Error::io("creating a temporary file in", &dir))?;
     write_cpio(tmp.as_file(), &binary).map_err(Error::io("writing initramfs", tmp.path()))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(Error::io("syncing", tmp.path()))?;
+    tmp.as_file().sync_all().map_err(Error::io("syncing", tmp.path()))?;
     // Concurrent builders write identical bytes; whichever rename lands last wins harmlessly.
-    tmp.persist(&path).map_err(|e| Error::Io {
-        what: "installing",
-        path: path.clone(),
-        source: e.error,
-    })?;
+    tmp.persist(&path).map_err(|e| Error::Io { what: "installing", path: path.clone(), source: e.error })?;
     Ok(path)
 }
 
@@ -77,13 +63,9 @@ fn write_cpio(file: &File, init: &[u8]) -> std::io::Result<()> {
         entry(dir, DIR).write(&mut out, 0).finish()?;
     }
     // Character device 5:1, the console.
-    entry("dev/console", 0o020_600)
-        .rdev_major(5)
-        .rdev_minor(1)
-        .write(&mut out, 0)
-        .finish()?;
-    let size = u32::try_from(init.len())
-        .map_err(|_| std::io::Error::other("guest init larger than 4 GiB"))?;
+    entry("dev/console", 0o020_600).rdev_major(5).rdev_minor(1).write(&mut out, 0).finish()?;
+    let size =
+        u32::try_from(init.len()).map_err(|_| std::io::Error::other("guest init larger than 4 GiB"))?;
     let mut writer = entry("init", 0o100_755).write(&mut out, size);
     writer.write_all(init)?;
     writer.finish()?;
@@ -103,11 +85,7 @@ mod tests {
         let guest = dir.path().join("bulkhead-guest");
         std::fs::write(&guest, b"\x7fELF pretend init").unwrap();
         let first = initramfs(&paths, &guest).unwrap();
-        assert_eq!(
-            initramfs(&paths, &guest).unwrap(),
-            first,
-            "same binary, same cached file"
-        );
+        assert_eq!(initramfs(&paths, &guest).unwrap(), first, "same binary, same cached file");
 
         let mut file = File::open(&first).unwrap();
         let mut entries = Vec::new();
@@ -116,37 +94,22 @@ mod tests {
             if reader.entry().is_trailer() {
                 break;
             }
-            let (name, mode, rdev) = (
-                reader.entry().name().to_owned(),
-                reader.entry().mode(),
-                reader.entry().rdev_minor(),
-            );
+            let (name, mode, rdev) =
+                (reader.entry().name().to_owned(), reader.entry().mode(), reader.entry().rdev_minor());
             let mut body = Vec::new();
             reader.read_to_end(&mut body).unwrap();
             entries.push((name, mode, rdev, body));
             reader.finish().unwrap();
         }
-        let find = |n: &str| {
-            entries
-                .iter()
-                .find(|e| e.0 == n)
-                .unwrap_or_else(|| panic!("{n} missing"))
-        };
+        let find = |n: &str| entries.iter().find(|e| e.0 == n).unwrap_or_else(|| panic!("{n} missing"));
         assert_eq!(find("init").1, 0o100_755);
         assert_eq!(find("init").3, b"\x7fELF pretend init");
-        assert_eq!(
-            (find("dev/console").1, find("dev/console").2),
-            (0o020_600, 1)
-        );
+        assert_eq!((find("dev/console").1, find("dev/console").2), (0o020_600, 1));
         for dir in ["dev", "proc", "sys", "run"] {
             assert_eq!(find(dir).1, 0o040_755);
         }
 
         std::fs::write(&guest, b"another init").unwrap();
-        assert_ne!(
-            initramfs(&paths, &guest).unwrap(),
-            first,
-            "a new binary gets a new initramfs"
-        );
+        assert_ne!(initramfs(&paths, &guest).unwrap(), first, "a new binary gets a new initramfs");
     }
 }

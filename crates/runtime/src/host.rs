@@ -59,12 +59,6 @@ fn default_kernel(paths: &Paths) -> Result<KernelInfo, crate::Error> {
     let default = bulkhead_image::kernel::list(&store)?
         .into_iter()
         .find(|k| k.is_default)
-        .ok_or_else(|| crate::Error::NoDefaultKernel {
-            root: paths.root.clone(),
-        })?;
-    Ok(KernelInfo {
-        reference: default.reference,
-        version: default.version,
-        digest: default.digest,
-    })
+        .ok_or_else(|| crate::Error::NoDefaultKernel { root: paths.root.clone() })?;
+    Ok(KernelInfo { reference: default.reference, version: default.version, digest: default.digest })
 }

@@ -11,10 +11,7 @@ pub struct Paths {
 
 impl Paths {
     pub fn new(root: impl Into<PathBuf>, run_root: impl Into<PathBuf>) -> Paths {
-        Paths {
-            root: root.into(),
-            run_root: run_root.into(),
-        }
+        Paths { root: root.into(), run_root: run_root.into() }
     }
 
     /// Derived files that can be rebuilt at any time (initramfs images, extracted kernels).

@@ -76,13 +76,10 @@ impl Sandbox {
             console_log: config.console_log.clone(),
         })?;
         let stream = vm.agent();
-        let writer = stream
-            .try_clone()
-            .map_err(|e| Error::Agent(format!("cloning the agent socket: {e}")))?;
+        let writer =
+            stream.try_clone().map_err(|e| Error::Agent(format!("cloning the agent socket: {e}")))?;
         let reader = FrameReader::new(
-            stream
-                .try_clone()
-                .map_err(|e| Error::Agent(format!("cloning the agent socket: {e}")))?,
+            stream.try_clone().map_err(|e| Error::Agent(format!("cloning the agent socket: {e}")))?,
         );
         let mut sandbox = Sandbox {
             vm,
@@ -102,23 +99,12 @@ impl Sandbox {
     }
 
     fn handshake(&mut self, timeout: Duration) -> Result<(), Error> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let unix_time_ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
-        self.send(Message::Hello {
-            version: PROTOCOL_VERSION,
-            unix_time_ns,
-        })?;
-        let remaining = timeout
-            .saturating_sub(self.vm.spawned_at().elapsed())
-            .max(Duration::from_millis(1));
+        self.send(Message::Hello { version: PROTOCOL_VERSION, unix_time_ns })?;
+        let remaining = timeout.saturating_sub(self.vm.spawned_at().elapsed()).max(Duration::from_millis(1));
         match self.receive(remaining, "report ready")? {
-            Message::Ready {
-                version,
-                agent_version,
-                boot,
-            } => {
+            Message::Ready { version, agent_version, boot } => {
                 check_version(version).map_err(|e| Error::Agent(e.to_string()))?;
                 let ms = |ns: u64| Duration::from_nanos(ns).as_secs_f64() * 1e3;
                 self.phases = BootPhases {
@@ -130,14 +116,10 @@ impl Sandbox {
                 self.agent_version = agent_version.chars().take(64).collect();
                 Ok(())
             }
-            Message::Error { message } => Err(Error::Agent(format!(
-                "guest refused the handshake: {}",
-                clip(&message)
-            ))),
-            other => Err(Error::Agent(format!(
-                "expected ready, the guest sent {}",
-                other.kind()
-            ))),
+            Message::Error { message } => {
+                Err(Error::Agent(format!("guest refused the handshake: {}", clip(&message))))
+            }
+            other => Err(Error::Agent(format!("expected ready, the guest sent {}", other.kind()))),
         }
     }
 
@@ -161,13 +143,8 @@ impl Sandbox {
         self.send(Message::Ping { seq })?;
         match self.receive(REQUEST_TIMEOUT, "answer a ping")? {
             Message::Pong { seq: got } if got == seq => Ok(start.elapsed()),
-            Message::Pong { seq: got } => Err(Error::Agent(format!(
-                "pong {got} does not answer ping {seq}"
-            ))),
-            other => Err(Error::Agent(format!(
-                "expected pong, the guest sent {}",
-                other.kind()
-            ))),
+            Message::Pong { seq: got } => Err(Error::Agent(format!("pong {got} does not answer ping {seq}"))),
+            other => Err(Error::Agent(format!("expected pong, the guest sent {}", other.kind()))),
         }
     }
 
@@ -226,16 +203,11 @@ impl Sandbox {
                 Ok(None) | Err(bulkhead_proto::FrameError::Truncated(_)) => {
                     return Err(self.vm.failure(stage).into())
                 }
-                Err(bulkhead_proto::FrameError::Io(e))
-                    if e.kind() == std::io::ErrorKind::ConnectionReset =>
-                {
+                Err(bulkhead_proto::FrameError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
                     return Err(self.vm.failure(stage).into())
                 }
                 Err(bulkhead_proto::FrameError::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
                 {
                     let detail = match self.vm.failure(stage) {
                         bulkhead_vmm::Error::GuestPanic(line) => {
@@ -244,11 +216,7 @@ impl Sandbox {
                         bulkhead_vmm::Error::QemuExited { detail, .. } => detail,
                         other => format!("; {other}"),
                     };
-                    return Err(Error::AgentTimeout {
-                        stage,
-                        seconds: timeout.as_secs(),
-                        detail,
-                    });
+                    return Err(Error::AgentTimeout { stage, seconds: timeout.as_secs(), detail });
                 }
                 Err(e) => return Err(Error::Agent(e.to_string())),
             }

@@ -49,9 +49,7 @@ impl std::str::FromStr for AccelRequest {
             "auto" => Ok(AccelRequest::Auto),
             "kvm" => Ok(AccelRequest::Kvm),
             "tcg" => Ok(AccelRequest::Tcg),
-            other => Err(format!(
-                "unknown accelerator {other:?}: expected auto, kvm or tcg"
-            )),
+            other => Err(format!("unknown accelerator {other:?}: expected auto, kvm or tcg")),
         }
     }
 }
@@ -96,12 +94,7 @@ impl HostFacts {
             .find(|flag| *flag == "vmx" || *flag == "svm")
             .map(str::to_owned);
         let kvm_pvm = root.join("sys/module/kvm_pvm").exists();
-        HostFacts {
-            kvm_device,
-            kvm_usable,
-            cpu_virt_flag,
-            kvm_pvm,
-        }
+        HostFacts { kvm_device, kvm_usable, cpu_virt_flag, kvm_pvm }
     }
 
     /// Why KVM cannot run an ordinary guest here, or `None` if it can.
@@ -127,36 +120,26 @@ impl HostFacts {
 pub fn choose_accel(request: AccelRequest, facts: &HostFacts) -> Result<AccelChoice, Error> {
     let unfit = facts.kvm_unfit();
     match (request, unfit) {
-        (AccelRequest::Tcg, _) => Ok(AccelChoice {
-            accel: Accel::Tcg,
-            reason: "requested (--accel tcg)".into(),
-        }),
+        (AccelRequest::Tcg, _) => {
+            Ok(AccelChoice { accel: Accel::Tcg, reason: "requested (--accel tcg)".into() })
+        }
         (AccelRequest::Auto, None) => Ok(AccelChoice {
             accel: Accel::Kvm,
             reason: format!(
                 "/dev/kvm is usable and the CPU has {}",
-                facts
-                    .cpu_virt_flag
-                    .as_deref()
-                    .unwrap_or("hardware virtualization")
+                facts.cpu_virt_flag.as_deref().unwrap_or("hardware virtualization")
             ),
         }),
-        (AccelRequest::Auto, Some(why)) => Ok(AccelChoice {
-            accel: Accel::Tcg,
-            reason: format!("software emulation because {why}"),
-        }),
-        (AccelRequest::Kvm, None) => Ok(AccelChoice {
-            accel: Accel::Kvm,
-            reason: "requested (--accel kvm)".into(),
-        }),
-        (AccelRequest::Kvm, Some(why)) if facts.kvm_usable => Ok(AccelChoice {
-            accel: Accel::Kvm,
-            reason: format!("requested (--accel kvm), although {why}"),
-        }),
-        (AccelRequest::Kvm, Some(why)) => Err(Error::AccelUnavailable {
-            accel: "kvm",
-            reason: why,
-        }),
+        (AccelRequest::Auto, Some(why)) => {
+            Ok(AccelChoice { accel: Accel::Tcg, reason: format!("software emulation because {why}") })
+        }
+        (AccelRequest::Kvm, None) => {
+            Ok(AccelChoice { accel: Accel::Kvm, reason: "requested (--accel kvm)".into() })
+        }
+        (AccelRequest::Kvm, Some(why)) if facts.kvm_usable => {
+            Ok(AccelChoice { accel: Accel::Kvm, reason: format!("requested (--accel kvm), although {why}") })
+        }
+        (AccelRequest::Kvm, Some(why)) => Err(Error::AccelUnavailable { accel: "kvm", reason: why }),
     }
 }
 
@@ -172,11 +155,7 @@ mod tests {
             std::fs::write(dir.path().join("dev/kvm"), "").unwrap();
         }
         let flags = format!("flags\t\t: fpu vme de pse {}\n", flag.unwrap_or(""));
-        std::fs::write(
-            dir.path().join("proc/cpuinfo"),
-            format!("processor\t: 0\n{flags}"),
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("proc/cpuinfo"), format!("processor\t: 0\n{flags}")).unwrap();
         if pvm {
             std::fs::create_dir_all(dir.path().join("sys/module/kvm_pvm")).unwrap();
         }
@@ -213,16 +192,10 @@ mod tests {
 
         let dir = host(false, Some("svm"), false);
         let facts = HostFacts::probe_at(dir.path());
-        assert_eq!(
-            choose_accel(AccelRequest::Auto, &facts).unwrap().accel,
-            Accel::Tcg
-        );
+        assert_eq!(choose_accel(AccelRequest::Auto, &facts).unwrap().accel, Accel::Tcg);
         let err = choose_accel(AccelRequest::Kvm, &facts).unwrap_err();
         assert!(err.to_string().contains("/dev/kvm does not exist"), "{err}");
-        assert_eq!(
-            choose_accel(AccelRequest::Tcg, &facts).unwrap().accel,
-            Accel::Tcg
-        );
+        assert_eq!(choose_accel(AccelRequest::Tcg, &facts).unwrap().accel, Accel::Tcg);
     }
 
     #[test]

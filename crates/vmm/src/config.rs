@@ -45,15 +45,10 @@ impl VmConfig {
             )));
         }
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
-            return Err(InvalidConfig(format!(
-                "vCPU count {} is outside 1..={MAX_VCPUS}",
-                self.vcpus
-            )));
+            return Err(InvalidConfig(format!("vCPU count {} is outside 1..={MAX_VCPUS}", self.vcpus)));
         }
         if self.cmdline.contains('\n') {
-            return Err(InvalidConfig(
-                "kernel command line contains a newline".into(),
-            ));
+            return Err(InvalidConfig("kernel command line contains a newline".into()));
         }
         if !self.kernel.exists() {
             return Err(crate::Error::KernelMissing(self.kernel.clone()));
@@ -69,10 +64,7 @@ impl VmConfig {
             }
             // QEMU's -drive syntax splits on commas; a path with one would be misparsed.
             if disk.path.to_string_lossy().contains(',') {
-                return Err(InvalidConfig(format!(
-                    "disk path {} contains a comma",
-                    disk.path.display()
-                )));
+                return Err(InvalidConfig(format!("disk path {} contains a comma", disk.path.display())));
             }
         }
         for path in [&self.kernel, &self.run_dir, &self.console_log] {

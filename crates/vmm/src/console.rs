@@ -11,27 +11,32 @@ pub fn find_panic(path: &Path) -> Option<String> {
     const MAX_LINE: usize = 300;
     let bytes = read_tail(path, TAIL)?;
     let text = String::from_utf8_lossy(&bytes);
-    let line = text
-        .lines()
-        .find(|line| line.contains("Kernel panic - not syncing"))?;
+    let line = text.lines().find(|line| line.contains("Kernel panic - not syncing"))?;
     let start = line.find("Kernel panic").unwrap_or(0);
-    let clean: String = line[start..]
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(MAX_LINE)
-        .collect();
+    let clean: String = line[start..].chars().filter(|c| !c.is_control()).take(MAX_LINE).collect();
     Some(clean.trim_end().to_owned())
 }
 
-/// The last `max` bytes of a file.
+/// The last `max` bytes of the file at `path`.
 pub(crate) fn read_tail(path: &Path, max: u64) -> Option<Vec<u8>> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut file = std::fs::File::open(path).ok()?;
+    read_tail_of(&std::fs::File::open(path).ok()?, max)
+}
+
+/// The last `max` bytes of an open file, read without moving its offset.
+pub(crate) fn read_tail_of(file: &std::fs::File, max: u64) -> Option<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
     let len = file.metadata().ok()?.len();
-    file.seek(SeekFrom::Start(len.saturating_sub(max))).ok()?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).ok()?;
+    let start = len.saturating_sub(max);
+    let mut bytes = vec![0; usize::try_from(len - start).ok()?];
+    file.read_exact_at(&mut bytes, start).ok()?;
     Some(bytes)
+}
+
+/// The last non-empty line of hostile text, bounded and without control characters.
+pub(crate) fn clean_last_line(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let line = text.trim().lines().last().unwrap_or("");
+    line.chars().filter(|c| !c.is_control()).take(300).collect()
 }
 
 #[cfg(test)]

@@ -16,25 +16,16 @@ const MAX_NOTE_SEGMENT: u64 = 1 << 20;
 
 /// Checks that `path` is an x86_64 ELF64 `vmlinux` with a PVH entry point.
 pub fn check_kernel(path: &Path) -> Result<(), Error> {
-    let not = |reason: String| Error::NotAKernel {
-        path: path.to_owned(),
-        reason,
-    };
+    let not = |reason: String| Error::NotAKernel { path: path.to_owned(), reason };
     let file = File::open(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Error::KernelMissing(path.to_owned()),
-        _ => Error::Io {
-            what: "opening kernel",
-            path: path.to_owned(),
-            source: e,
-        },
+        _ => Error::Io { what: "opening kernel", path: path.to_owned(), source: e },
     })?;
     let mut header = [0u8; 64];
-    file.read_exact_at(&mut header, 0)
-        .map_err(|_| not("shorter than an ELF header".into()))?;
+    file.read_exact_at(&mut header, 0).map_err(|_| not("shorter than an ELF header".into()))?;
     if &header[..4] != b"\x7fELF" {
         return Err(not(
-            "no ELF magic (a compressed bzImage is not supported; use the uncompressed vmlinux)"
-                .into(),
+            "no ELF magic (a compressed bzImage is not supported; use the uncompressed vmlinux)".into(),
         ));
     }
     if header[4] != 2 || header[5] != 1 {
@@ -42,17 +33,13 @@ pub fn check_kernel(path: &Path) -> Result<(), Error> {
     }
     let machine = u16::from_le_bytes([header[18], header[19]]);
     if machine != EM_X86_64 {
-        return Err(not(format!(
-            "ELF machine {machine} is not x86_64 ({EM_X86_64})"
-        )));
+        return Err(not(format!("ELF machine {machine} is not x86_64 ({EM_X86_64})")));
     }
     let phoff = u64::from_le_bytes(header[32..40].try_into().expect("8 bytes"));
     let phentsize = u16::from_le_bytes([header[54], header[55]]);
     let phnum = u16::from_le_bytes([header[56], header[57]]);
     if phentsize < 56 || phnum > MAX_PHDRS {
-        return Err(not(format!(
-            "implausible program headers ({phnum} of {phentsize} bytes)"
-        )));
+        return Err(not(format!("implausible program headers ({phnum} of {phentsize} bytes)")));
     }
     for index in 0..u64::from(phnum) {
         let mut phdr = [0u8; 56];
@@ -63,8 +50,7 @@ pub fn check_kernel(path: &Path) -> Result<(), Error> {
             continue;
         }
         let offset = u64::from_le_bytes(phdr[8..16].try_into().expect("8 bytes"));
-        let size =
-            u64::from_le_bytes(phdr[32..40].try_into().expect("8 bytes")).min(MAX_NOTE_SEGMENT);
+        let size = u64::from_le_bytes(phdr[32..40].try_into().expect("8 bytes")).min(MAX_NOTE_SEGMENT);
         let mut notes = vec![0u8; usize::try_from(size).expect("bounded by MAX_NOTE_SEGMENT")];
         file.read_exact_at(&mut notes, offset)
             .map_err(|_| not(format!("note segment {index} lies past the end")))?;
@@ -72,9 +58,7 @@ pub fn check_kernel(path: &Path) -> Result<(), Error> {
             return Ok(());
         }
     }
-    Err(not(
-        "no PVH entry note (build the kernel with CONFIG_PVH=y)".into(),
-    ))
+    Err(not("no PVH entry note (build the kernel with CONFIG_PVH=y)".into()))
 }
 
 fn has_pvh_note(mut notes: &[u8]) -> bool {
@@ -91,9 +75,7 @@ fn has_pvh_note(mut notes: &[u8]) -> bool {
         if desc_end > notes.len() {
             return false;
         }
-        if kind == XEN_ELFNOTE_PHYS32_ENTRY
-            && notes.get(12..12 + namesz) == Some(b"Xen\0".as_slice())
-        {
+        if kind == XEN_ELFNOTE_PHYS32_ENTRY && notes.get(12..12 + namesz) == Some(b"Xen\0".as_slice()) {
             return true;
         }
         notes = &notes[desc_end..];
@@ -152,10 +134,7 @@ mod tests {
             (vec![0x55; 4096], "no ELF magic"),
             (fake_vmlinux(183, &pvh_note()), "ELF machine 183"),
             (fake_vmlinux(EM_X86_64, &[0; 16]), "no PVH entry note"),
-            (
-                fake_vmlinux(EM_X86_64, &pvh_note())[..100].to_vec(),
-                "past the end",
-            ),
+            (fake_vmlinux(EM_X86_64, &pvh_note())[..100].to_vec(), "past the end"),
             (
                 {
                     let mut note = pvh_note();

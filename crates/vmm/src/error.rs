@@ -33,11 +33,7 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error("QEMU exited ({status}) before {stage}{detail}")]
-    QemuExited {
-        status: String,
-        stage: &'static str,
-        detail: String,
-    },
+    QemuExited { status: String, stage: &'static str, detail: String },
     #[error("QEMU did not {stage} within {seconds} s")]
     Timeout { stage: &'static str, seconds: u64 },
     #[error("guest kernel panicked: {0}")]
@@ -47,10 +43,7 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(
-        what: &'static str,
-        path: impl Into<PathBuf>,
-    ) -> impl FnOnce(std::io::Error) -> Error {
+    pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { what, path, source }
     }

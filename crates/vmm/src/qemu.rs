@@ -15,10 +15,7 @@ pub fn find_qemu() -> Result<PathBuf, Error> {
         return if path.is_file() {
             Ok(path)
         } else {
-            Err(Error::QemuNotFound {
-                binary: path.display().to_string(),
-                searched: "BULKHEAD_QEMU".into(),
-            })
+            Err(Error::QemuNotFound { binary: path.display().to_string(), searched: "BULKHEAD_QEMU".into() })
         };
     }
     let searched = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/bin:/bin"));
@@ -36,10 +33,7 @@ pub fn qemu_version(qemu: &Path) -> Result<String, Error> {
     let out = Command::new(qemu)
         .arg("-version")
         .output()
-        .map_err(|source| Error::Spawn {
-            path: qemu.to_owned(),
-            source,
-        })?;
+        .map_err(|source| Error::Spawn { path: qemu.to_owned(), source })?;
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines()
         .next()
@@ -67,10 +61,7 @@ pub(crate) fn args(config: &VmConfig, qmp_socket: &Path, agent_socket: &Path) ->
     let mut push = |parts: &[&str]| args.extend(parts.iter().map(OsString::from));
     let path = |p: &Path| p.to_string_lossy().into_owned();
 
-    push(&[
-        "-M",
-        "microvm,acpi=off,x-option-roms=off,isa-serial=on,rtc=on",
-    ]);
+    push(&["-M", "microvm,acpi=off,x-option-roms=off,isa-serial=on,rtc=on"]);
     match config.accel {
         Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host,-arch-capabilities"]),
         Accel::Tcg => push(&["-accel", "tcg", "-cpu", "max"]),
@@ -78,17 +69,8 @@ pub(crate) fn args(config: &VmConfig, qmp_socket: &Path, agent_socket: &Path) ->
     let memory = format!("{}M", config.memory_mib);
     let smp = config.vcpus.to_string();
     push(&["-m", &memory, "-smp", &smp]);
-    push(&[
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-no-reboot",
-    ]);
-    push(&[
-        "-sandbox",
-        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
-    ]);
+    push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+    push(&["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]);
 
     push(&["-kernel", &path(&config.kernel)]);
     if let Some(initrd) = &config.initrd {
@@ -97,33 +79,27 @@ pub(crate) fn args(config: &VmConfig, qmp_socket: &Path, agent_socket: &Path) ->
     let cmdline = format!("{BASE_CMDLINE} {}", config.cmdline);
     push(&["-append", cmdline.trim_end()]);
 
-    push(&[
-        "-chardev",
-        &format!("file,id=console,path={}", path(&config.console_log)),
-    ]);
+    push(&["-chardev", &format!("file,id=console,path={}", path(&config.console_log))]);
     push(&["-serial", "chardev:console"]);
-    push(&[
-        "-chardev",
-        &format!("socket,id=qmp,path={}", path(qmp_socket)),
-    ]);
+    push(&["-chardev", &format!("socket,id=qmp,path={}", path(qmp_socket))]);
     push(&["-mon", "chardev=qmp,mode=control"]);
 
     push(&["-device", "virtio-serial-device,max_ports=2"]);
-    push(&[
-        "-chardev",
-        &format!("socket,id=agent,path={}", path(agent_socket)),
-    ]);
-    push(&[
-        "-device",
-        &format!("virtserialport,chardev=agent,name={}", AGENT_PORT),
-    ]);
+    push(&["-chardev", &format!("socket,id=agent,path={}", path(agent_socket))]);
+    push(&["-device", &format!("virtserialport,chardev=agent,name={}", AGENT_PORT)]);
 
     push(&["-object", "rng-random,id=rng,filename=/dev/urandom"]);
     push(&["-device", "virtio-rng-device,rng=rng"]);
 
     for (index, disk) in config.disks.iter().enumerate() {
         let readonly = if disk.read_only { "on" } else { "off" };
-        push(&["-drive", &format!("id=disk{index},file={},format=raw,if=none,readonly={readonly},cache=unsafe,discard=unmap", path(&disk.path))]);
+        push(&[
+            "-drive",
+            &format!(
+                "id=disk{index},file={},format=raw,if=none,readonly={readonly},cache=unsafe,discard=unmap",
+                path(&disk.path)
+            ),
+        ]);
         push(&["-device", &format!("virtio-blk-device,drive=disk{index}")]);
     }
     args
@@ -147,27 +123,17 @@ mod tests {
             memory_mib: 256,
             vcpus: 2,
             disks: vec![
-                Disk {
-                    path: "/d/root.img".into(),
-                    read_only: true,
-                },
-                Disk {
-                    path: "/d/rw.img".into(),
-                    read_only: false,
-                },
+                Disk { path: "/d/root.img".into(), read_only: true },
+                Disk { path: "/d/rw.img".into(), read_only: false },
             ],
             accel: Accel::Tcg,
             run_dir: "/r".into(),
             console_log: "/r/console.log".into(),
         };
-        let args: Vec<String> = args(
-            &config,
-            Path::new("/r/qmp.sock"),
-            Path::new("/r/agent.sock"),
-        )
-        .into_iter()
-        .map(|a| a.into_string().unwrap())
-        .collect();
+        let args: Vec<String> = args(&config, Path::new("/r/qmp.sock"), Path::new("/r/agent.sock"))
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
         let joined = args.join(" ");
         for want in [
             "-M microvm,acpi=off",
@@ -186,16 +152,8 @@ mod tests {
             assert!(joined.contains(want), "{want:?} missing from {joined}");
         }
         let append = args.iter().position(|a| a == "-append").unwrap();
-        assert!(
-            args[append + 1].ends_with("rdinit=/init"),
-            "{}",
-            args[append + 1]
-        );
-        assert_eq!(
-            args.iter().filter(|a| *a == "-device").count(),
-            5,
-            "serial bus, port, rng, two disks"
-        );
+        assert!(args[append + 1].ends_with("rdinit=/init"), "{}", args[append + 1]);
+        assert_eq!(args.iter().filter(|a| *a == "-device").count(), 5, "serial bus, port, rng, two disks");
         assert!(!joined.contains("netdev"), "no network device unless asked");
     }
 }

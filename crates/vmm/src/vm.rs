@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::console::{find_panic, read_tail};
+use crate::console::{clean_last_line, find_panic, read_tail, read_tail_of};
 use crate::qmp::Qmp;
 use crate::{check_kernel, find_qemu, qemu, Error, VmConfig};
 
@@ -56,13 +56,21 @@ impl Vm {
         };
         let listeners = listen(&qmp_path).and_then(|qmp| Ok((qmp, listen(&agent_path)?)));
         let (qmp_listener, agent_listener) = listeners.inspect_err(|_| remove_files())?;
-        let stderr = File::create(&qemu_log)
+        let qemu_log_file = File::options()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&qemu_log)
             .map_err(Error::io("creating", &qemu_log))
             .and_then(|log| {
-                File::create(&config.console_log)
-                    .map_err(Error::io("creating", &config.console_log))?;
+                File::create(&config.console_log).map_err(Error::io("creating", &config.console_log))?;
                 Ok(log)
             })
+            .inspect_err(|_| remove_files())?;
+        let stderr = qemu_log_file
+            .try_clone()
+            .map_err(Error::io("duplicating", &qemu_log))
             .inspect_err(|_| remove_files())?;
 
         let mut command = Command::new(&qemu_path);
@@ -93,21 +101,24 @@ impl Vm {
         tracing::debug!(qemu = %qemu_path.display(), "starting VM");
         let child = command
             .spawn()
-            .map_err(|source| Error::Spawn {
-                path: qemu_path.clone(),
-                source,
-            })
+            .map_err(|source| Error::Spawn { path: qemu_path.clone(), source })
             .inspect_err(|_| remove_files())?;
         // From here on, dropping `process` kills QEMU and removes the files.
         let mut process = Process {
             child,
             exit: None,
             files: vec![qmp_path.clone(), agent_path.clone(), qemu_log],
+            qemu_log: qemu_log_file,
             console_log: config.console_log.clone(),
             spawned_at,
         };
         let qmp_stream = process.accept(&qmp_listener, &qmp_path, "connecting to QMP")?;
         let agent = process.accept(&agent_listener, &agent_path, "connecting the agent channel")?;
+        // The paths only served the rendezvous; gone now, nothing is left behind even if this
+        // process is killed outright. QEMU's log stays readable through our open handle.
+        for path in process.files.drain(..) {
+            let _ = std::fs::remove_file(path);
+        }
         // QEMU opens its sockets before it builds its devices; a bad device kills it right after.
         let qmp = match Qmp::handshake(qmp_stream, CONNECT_TIMEOUT) {
             Ok(qmp) => qmp,
@@ -118,15 +129,8 @@ impl Vm {
                 })
             }
         };
-        let times = StartTimes {
-            process_start: spawned_at.elapsed(),
-        };
-        Ok(Vm {
-            process,
-            qmp,
-            agent,
-            times,
-        })
+        let times = StartTimes { process_start: spawned_at.elapsed() };
+        Ok(Vm { process, qmp, agent, times })
     }
 
     /// The QEMU process id.
@@ -204,8 +208,11 @@ impl Vm {
 struct Process {
     child: Child,
     exit: Option<ExitStatus>,
-    /// Sockets and QEMU's log, removed on drop. The console log is the caller's to keep.
+    /// Sockets and QEMU's log until QEMU has connected, removed then or on drop. The console log
+    /// is the caller's to keep.
     files: Vec<PathBuf>,
+    /// QEMU's stderr, read for error messages after its path is gone.
+    qemu_log: File,
     console_log: PathBuf,
     spawned_at: Instant,
 }
@@ -213,10 +220,7 @@ struct Process {
 impl Process {
     fn try_wait(&mut self) -> Result<Option<ExitStatus>, Error> {
         if self.exit.is_none() {
-            self.exit = self
-                .child
-                .try_wait()
-                .map_err(|e| Error::Qmp(format!("waiting for QEMU: {e}")))?;
+            self.exit = self.child.try_wait().map_err(|e| Error::Qmp(format!("waiting for QEMU: {e}")))?;
         }
         Ok(self.exit)
     }
@@ -240,10 +244,7 @@ impl Process {
         }
         let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("pids fit in i32"));
         let _ = kill(pid, Signal::SIGKILL);
-        let status = self
-            .child
-            .wait()
-            .map_err(|e| Error::Qmp(format!("reaping QEMU: {e}")))?;
+        let status = self.child.wait().map_err(|e| Error::Qmp(format!("reaping QEMU: {e}")))?;
         self.exit = Some(status);
         Ok(status)
     }
@@ -255,35 +256,22 @@ impl Process {
         path: &Path,
         stage: &'static str,
     ) -> Result<UnixStream, Error> {
-        listener
-            .set_nonblocking(true)
-            .map_err(Error::io("configuring", path))?;
+        listener.set_nonblocking(true).map_err(Error::io("configuring", path))?;
         let deadline = Instant::now() + CONNECT_TIMEOUT;
         loop {
             match listener.accept() {
                 Ok((stream, _)) => {
-                    stream
-                        .set_nonblocking(false)
-                        .map_err(Error::io("configuring", path))?;
+                    stream.set_nonblocking(false).map_err(Error::io("configuring", path))?;
                     return Ok(stream);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => {
-                    return Err(Error::Io {
-                        what: "accepting on",
-                        path: path.to_owned(),
-                        source: e,
-                    })
-                }
+                Err(e) => return Err(Error::Io { what: "accepting on", path: path.to_owned(), source: e }),
             }
             if let Some(status) = self.try_wait()? {
                 return Err(self.exited_error(status, stage));
             }
             if Instant::now() > deadline {
-                return Err(Error::Timeout {
-                    stage,
-                    seconds: CONNECT_TIMEOUT.as_secs(),
-                });
+                return Err(Error::Timeout { stage, seconds: CONNECT_TIMEOUT.as_secs() });
             }
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -293,38 +281,20 @@ impl Process {
         if let Some(line) = find_panic(&self.console_log) {
             return Error::GuestPanic(line);
         }
-        let last_line = |path: &Path, max: u64| {
-            read_tail(path, max)
-                .map(|bytes| {
-                    let text = String::from_utf8_lossy(&bytes);
-                    let line = text.trim().lines().last().unwrap_or("");
-                    line.chars()
-                        .filter(|c| !c.is_control())
-                        .take(300)
-                        .collect::<String>()
-                })
-                .unwrap_or_default()
-        };
-        let qemu_said = self
-            .files
-            .last()
-            .map(|log| last_line(log, 4096))
-            .unwrap_or_default();
+        let qemu_said =
+            read_tail_of(&self.qemu_log, 4096).map(|bytes| clean_last_line(&bytes)).unwrap_or_default();
         let detail = if !qemu_said.is_empty() {
             format!(": {qemu_said}")
         } else {
-            let console = last_line(&self.console_log, 1024);
+            let console =
+                read_tail(&self.console_log, 1024).map(|bytes| clean_last_line(&bytes)).unwrap_or_default();
             if console.is_empty() {
                 String::new()
             } else {
                 format!("; last console line: {console}")
             }
         };
-        Error::QemuExited {
-            status: status.to_string(),
-            stage,
-            detail,
-        }
+        Error::QemuExited { status: status.to_string(), stage, detail }
     }
 }
 
@@ -342,13 +312,7 @@ fn listen(path: &Path) -> Result<UnixListener, Error> {
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(Error::Io {
-                what: "removing stale socket",
-                path: path.to_owned(),
-                source: e,
-            })
-        }
+        Err(e) => return Err(Error::Io { what: "removing stale socket", path: path.to_owned(), source: e }),
     }
     UnixListener::bind(path).map_err(Error::io("listening on", path))
 }

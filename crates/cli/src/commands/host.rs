@@ -47,43 +47,24 @@ pub fn info(cli: &Cli, args: &InfoArgs) -> anyhow::Result<ExitCode> {
     println!("bulkhead      {}", info.bulkhead_version);
     println!(
         "qemu          {}",
-        show(
-            info.qemu
-                .as_ref()
-                .map(|q| format!("{} {}", q.path.display(), q.version))
-        )
+        show(info.qemu.as_ref().map(|q| format!("{} {}", q.path.display(), q.version)))
     );
     println!(
         "kvm           /dev/kvm {}, usable {}, cpu flag {}, paravirtual (PVM) {}",
-        if info.host.kvm_device {
-            "present"
-        } else {
-            "absent"
-        },
+        if info.host.kvm_device { "present" } else { "absent" },
         yes(info.host.kvm_usable),
         info.host.cpu_virt_flag.as_deref().unwrap_or("none"),
         yes(info.host.kvm_pvm),
     );
     println!(
         "accelerator   {}",
-        show(
-            info.accelerator
-                .as_ref()
-                .map(|c| format!("{} ({})", c.accel, c.reason))
-        )
+        show(info.accelerator.as_ref().map(|c| format!("{} ({})", c.accel, c.reason)))
     );
     println!(
         "kernel        {}",
-        show(
-            info.default_kernel
-                .as_ref()
-                .map(|k| format!("{} {} {}", k.reference, k.version, k.digest))
-        )
+        show(info.default_kernel.as_ref().map(|k| format!("{} {} {}", k.reference, k.version, k.digest)))
     );
-    println!(
-        "guest init    {}",
-        show(info.guest_init.as_ref().map(|p| p.display().to_string()))
-    );
+    println!("guest init    {}", show(info.guest_init.as_ref().map(|p| p.display().to_string())));
     println!("store         {}", info.store_root.display());
     println!("run state     {}", info.run_root.display());
     Ok(ExitCode::SUCCESS)
@@ -99,12 +80,7 @@ pub fn check(cli: &Cli, args: &CheckArgs) -> anyhow::Result<ExitCode> {
     let table = args.format == Format::Table;
     let report = check::run(&cli.paths(), &options, |step| {
         if table {
-            println!(
-                "{:<12} {:<4} {}",
-                step.name,
-                if step.ok { "ok" } else { "FAIL" },
-                step.detail
-            );
+            println!("{:<12} {:<4} {}", step.name, if step.ok { "ok" } else { "FAIL" }, step.detail);
         }
     });
     if table {
@@ -123,11 +99,7 @@ pub fn check(cli: &Cli, args: &CheckArgs) -> anyhow::Result<ExitCode> {
     } else {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
-    Ok(if report.ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn yes(b: bool) -> &'static str {

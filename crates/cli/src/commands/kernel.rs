@@ -47,8 +47,7 @@ pub enum KernelAction {
 }
 
 pub fn run(cli: &Cli, cmd: &KernelCommand) -> anyhow::Result<ExitCode> {
-    let store =
-        Store::open(&cli.root).with_context(|| format!("opening store {}", cli.root.display()))?;
+    let store = Store::open(&cli.root).with_context(|| format!("opening store {}", cli.root.display()))?;
     match &cmd.action {
         KernelAction::Ls { format } => {
             let kernels = kernel::list(&store).context("listing kernels")?;
@@ -65,37 +64,18 @@ pub fn run(cli: &Cli, cmd: &KernelCommand) -> anyhow::Result<ExitCode> {
                                 k.flavour.clone(),
                                 short.chars().take(12).collect(),
                                 human_size(k.size),
-                                if k.is_default {
-                                    "*".into()
-                                } else {
-                                    String::new()
-                                },
+                                if k.is_default { "*".into() } else { String::new() },
                             ]
                         })
                         .collect();
                     print!(
                         "{}",
-                        table(
-                            &[
-                                "REFERENCE",
-                                "VERSION",
-                                "FLAVOUR",
-                                "DIGEST",
-                                "SIZE",
-                                "DEFAULT"
-                            ],
-                            &rows
-                        )
+                        table(&["REFERENCE", "VERSION", "FLAVOUR", "DIGEST", "SIZE", "DEFAULT"], &rows)
                     );
                 }
             }
         }
-        KernelAction::Import {
-            path,
-            name,
-            config,
-            default,
-        } => {
+        KernelAction::Import { path, name, config, default } => {
             let k = kernel::import(&store, path, config.as_deref(), name.as_deref())
                 .context("importing kernel")?;
             if *default && !k.is_default {

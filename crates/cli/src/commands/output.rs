@@ -50,11 +50,7 @@ pub fn human_size(bytes: u64) -> String {
     if unit == 0 {
         format!("{bytes}B")
     } else {
-        format!("{value:.3}")
-            .trim_end_matches('0')
-            .trim_end_matches('.')
-            .to_owned()
-            + UNITS[unit]
+        format!("{value:.3}").trim_end_matches('0').trim_end_matches('.').to_owned() + UNITS[unit]
     }
 }
 
