@@ -50,7 +50,205 @@ pub enum Message {
     Error {
         message: String,
     },
+
+    // --- containers (issue: `bulkhead run`) ---
+    /// Host → guest, once, before any `Start`: mount the container's root filesystem and prepare
+    /// what every process of the container shares. Answered by `SetupDone` or `Error`.
+    Setup {
+        container: ContainerSpec,
+    },
+    SetupDone,
+    /// Host → guest: start a process. `id` is chosen by the host and names the process and its
+    /// streams from then on (see [`stream_id`]). The first `Start` is the container's main process;
+    /// later ones are `exec`s into the same namespaces. Answered by `Started` or `StartFailed`.
+    Start {
+        id: u32,
+        process: ProcessSpec,
+    },
+    Started {
+        id: u32,
+        pid: i32,
+    },
+    /// The process could not be started. `exit_code` follows Docker: 126 cannot execute, 127 not
+    /// found, 125 anything else.
+    StartFailed {
+        id: u32,
+        exit_code: i32,
+        message: String,
+    },
+    /// Host → guest: deliver `signal` to process `id`.
+    Signal {
+        id: u32,
+        signal: i32,
+    },
+    /// Host → guest: the terminal of process `id` changed size.
+    Resize {
+        id: u32,
+        size: WindowSize,
+    },
+    /// Either direction: the receiver of stream `stream` consumed `bytes` more; the sender may
+    /// send that many more (see "Flow control" in the crate docs).
+    Credit {
+        stream: u32,
+        bytes: u32,
+    },
+    /// Guest → host: process `id` ended. Sent after the end of its output streams.
+    Exited {
+        id: u32,
+        status: ExitStatus,
+    },
+    /// Host → guest: resource usage of the whole guest. Answered by `StatsReply`.
+    Stats,
+    StatsReply {
+        stats: GuestStats,
+    },
+    /// Host → guest: the processes of the container. Answered by `TopReply`.
+    Top,
+    TopReply {
+        processes: Vec<ProcessInfo>,
+    },
+    /// Host → guest: receive a tar archive on stream `stream` and unpack it into the directory
+    /// `path` inside the container. Answered at once by `CopyStarted` (or `Error`); the host then
+    /// sends the archive and an empty frame, and the guest reports `CopyDone`.
+    CopyIn {
+        stream: u32,
+        path: String,
+    },
+    /// Host → guest: send `path` inside the container as a tar archive on stream `stream`.
+    /// Answered at once by `CopyStarted` (or `Error`); the archive follows, ended by an empty
+    /// frame, then `CopyDone`.
+    CopyOut {
+        stream: u32,
+        path: String,
+    },
+    CopyStarted {
+        stream: u32,
+    },
+    /// Guest → host: the copy on `stream` finished; `error` says why it failed, if it did.
+    CopyDone {
+        stream: u32,
+        error: Option<String>,
+    },
 }
+
+/// What a container shares across its processes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerSpec {
+    pub hostname: String,
+    /// Block device of the read-only root disk, e.g. `/dev/vda`.
+    pub root_device: String,
+    /// Its filesystem: `erofs` or `ext4`.
+    pub root_fstype: String,
+    /// Block device of the writable layer (ext4, made by the host), e.g. `/dev/vdb`. `None` keeps
+    /// the writable layer in guest memory (tmpfs).
+    pub rw_device: Option<String>,
+    /// Mount the container's root filesystem read-only (`--read-only`).
+    pub read_only: bool,
+    /// Paths inside the container that get a fresh tmpfs (`--tmpfs`).
+    pub tmpfs: Vec<String>,
+    /// Contents for `/etc/hosts` and `/etc/resolv.conf` inside the container.
+    pub hosts: String,
+    pub resolv_conf: String,
+}
+
+/// How to run one process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessSpec {
+    /// `args[0]` is looked up in the process's `PATH` (from `env`) when it has no `/`.
+    pub args: Vec<String>,
+    /// `KEY=value` entries.
+    pub env: Vec<String>,
+    /// Working directory inside the container; created if missing (as Docker does).
+    pub cwd: String,
+    /// `user[:group]`, each a name or a number, resolved in the container's own `/etc/passwd` and
+    /// `/etc/group`; empty means root. Supplementary groups come from `/etc/group`.
+    pub user: String,
+    pub rlimits: Vec<Rlimit>,
+    /// Run on a pseudo-terminal of this size (`-t`); stdout and stderr are then one stream.
+    pub tty: Option<WindowSize>,
+    /// Keep stdin open for the host to write to (`-i`); otherwise stdin is `/dev/null`.
+    pub stdin: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowSize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// A resource limit, named as in `setrlimit(2)` without the prefix: `nofile`, `nproc`, `core`, ….
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rlimit {
+    pub resource: String,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// The shell's and Docker's single number: the code, or 128 + the signal.
+    pub fn code(self) -> i32 {
+        match self {
+            ExitStatus::Code(code) => code,
+            ExitStatus::Signal(signal) => 128 + signal,
+        }
+    }
+}
+
+/// Resource usage of a guest, from inside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct GuestStats {
+    /// CPU time used by all processes since boot.
+    pub cpu_usage_ns: u64,
+    /// Memory in use (total minus available) and the guest's total.
+    pub memory_used_bytes: u64,
+    pub memory_total_bytes: u64,
+    /// Processes in the container.
+    pub pids: u32,
+}
+
+/// One row of `top`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessInfo {
+    /// As seen from the VM (not the container's pid namespace).
+    pub pid: i32,
+    pub ppid: i32,
+    pub user: String,
+    /// CPU time, user plus system, in milliseconds.
+    pub cpu_ms: u64,
+    pub rss_bytes: u64,
+    pub command: String,
+}
+
+/// Stream numbers of a process's standard streams: `id * 4 + 0` stdin, `+ 1` stdout, `+ 2`
+/// stderr. Numbers with low bits `3` are free for other streams (copies).
+pub fn stream_id(id: u32, stdio: Stdio) -> u32 {
+    id.wrapping_mul(4).wrapping_add(stdio as u32)
+}
+
+/// The standard streams, as numbered in [`stream_id`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stdio {
+    Stdin = 0,
+    Stdout = 1,
+    Stderr = 2,
+}
+
+/// Bytes either side may send on a stream before the receiver grants more with `Credit`.
+pub const INITIAL_CREDIT: u32 = 256 * 1024;
 
 impl Message {
     /// The message's type tag, for logs and errors that must not echo a peer's contents.
@@ -63,6 +261,23 @@ impl Message {
             Message::Shutdown => "shutdown",
             Message::ShuttingDown => "shutting_down",
             Message::Error { .. } => "error",
+            Message::Setup { .. } => "setup",
+            Message::SetupDone => "setup_done",
+            Message::Start { .. } => "start",
+            Message::Started { .. } => "started",
+            Message::StartFailed { .. } => "start_failed",
+            Message::Signal { .. } => "signal",
+            Message::Resize { .. } => "resize",
+            Message::Credit { .. } => "credit",
+            Message::Exited { .. } => "exited",
+            Message::Stats => "stats",
+            Message::StatsReply { .. } => "stats_reply",
+            Message::Top => "top",
+            Message::TopReply { .. } => "top_reply",
+            Message::CopyIn { .. } => "copy_in",
+            Message::CopyOut { .. } => "copy_out",
+            Message::CopyStarted { .. } => "copy_started",
+            Message::CopyDone { .. } => "copy_done",
         }
     }
 }

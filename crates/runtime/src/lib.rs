@@ -7,6 +7,7 @@ pub mod guest;
 pub mod host;
 pub mod paths;
 pub mod sandbox;
+pub mod session;
 
 pub use error::Error;
 pub use paths::Paths;

@@ -3,15 +3,16 @@
 //! This is the layer containers are built on: boot the VM, shake hands with the agent (which
 //! reports its boot timestamps), then exchange requests until a graceful shutdown or a hard stop.
 
-use std::io::Write;
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bulkhead_proto::{check_version, encode, Frame, FrameReader, Message, PROTOCOL_VERSION};
+use bulkhead_proto::{check_version, FrameReader, Message, PROTOCOL_VERSION};
 use bulkhead_vmm::{Accel, Disk, Vm, VmConfig};
 use serde::Serialize;
 
+use crate::session::{clip, Event, Session};
 use crate::Error;
 
 /// Everything a sandbox VM is made of.
@@ -50,15 +51,15 @@ pub struct BootPhases {
 /// A booted VM with a live agent session.
 pub struct Sandbox {
     vm: Vm,
-    reader: FrameReader<UnixStream>,
-    writer: UnixStream,
+    session: Arc<Session>,
+    events: Option<Receiver<Event>>,
     phases: BootPhases,
     agent_version: String,
     next_seq: u64,
 }
 
 /// The guest has this long to answer a request once it is up.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Sandbox {
     /// Boots the VM and completes the handshake.
@@ -75,16 +76,14 @@ impl Sandbox {
             run_dir: config.run_dir.clone(),
             console_log: config.console_log.clone(),
         })?;
-        let stream = vm.agent();
-        let writer =
-            stream.try_clone().map_err(|e| Error::Agent(format!("cloning the agent socket: {e}")))?;
-        let reader = FrameReader::new(
-            stream.try_clone().map_err(|e| Error::Agent(format!("cloning the agent socket: {e}")))?,
-        );
+        let clone = |vm: &Vm| {
+            vm.agent().try_clone().map_err(|e| Error::Agent(format!("cloning the agent socket: {e}")))
+        };
+        let (session, events) = Session::start(FrameReader::new(clone(&vm)?), clone(&vm)?)?;
         let mut sandbox = Sandbox {
             vm,
-            reader,
-            writer,
+            session: Arc::new(session),
+            events: Some(events),
             phases: BootPhases {
                 vm_process_ms: 0.0,
                 kernel_to_init_ms: 0.0,
@@ -101,9 +100,9 @@ impl Sandbox {
     fn handshake(&mut self, timeout: Duration) -> Result<(), Error> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let unix_time_ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
-        self.send(Message::Hello { version: PROTOCOL_VERSION, unix_time_ns })?;
         let remaining = timeout.saturating_sub(self.vm.spawned_at().elapsed()).max(Duration::from_millis(1));
-        match self.receive(remaining, "report ready")? {
+        let hello = Message::Hello { version: PROTOCOL_VERSION, unix_time_ns };
+        match self.request(hello, remaining, "report ready")? {
             Message::Ready { version, agent_version, boot } => {
                 check_version(version).map_err(|e| Error::Agent(e.to_string()))?;
                 let ms = |ns: u64| Duration::from_nanos(ns).as_secs_f64() * 1e3;
@@ -113,11 +112,8 @@ impl Sandbox {
                     init_to_ready_ms: ms(boot.ready_ns.saturating_sub(boot.init_start_ns)),
                     boot_to_ready_ms: self.vm.spawned_at().elapsed().as_secs_f64() * 1e3,
                 };
-                self.agent_version = agent_version.chars().take(64).collect();
+                self.agent_version = clip(&agent_version.chars().take(64).collect::<String>());
                 Ok(())
-            }
-            Message::Error { message } => {
-                Err(Error::Agent(format!("guest refused the handshake: {}", clip(&message))))
             }
             other => Err(Error::Agent(format!("expected ready, the guest sent {}", other.kind()))),
         }
@@ -135,13 +131,48 @@ impl Sandbox {
         &mut self.vm
     }
 
+    /// The agent session, for threads that make requests or move stream data.
+    pub fn session(&self) -> Arc<Session> {
+        Arc::clone(&self.session)
+    }
+
+    /// What the guest reports on its own (exits, finished copies, the end of the channel). The
+    /// receiver can be taken once.
+    pub fn take_events(&mut self) -> Option<Receiver<Event>> {
+        self.events.take()
+    }
+
+    /// A request with its failure explained: a guest that died is explained from its console.
+    pub fn request(
+        &mut self,
+        message: Message,
+        timeout: Duration,
+        stage: &'static str,
+    ) -> Result<Message, Error> {
+        match self.session.request(message, timeout) {
+            Ok(reply) => Ok(reply),
+            Err(Error::AgentTimeout { seconds, .. }) => {
+                let detail = match self.vm.failure(stage) {
+                    bulkhead_vmm::Error::GuestPanic(line) => format!("; guest kernel panicked: {line}"),
+                    bulkhead_vmm::Error::QemuExited { detail, .. } => detail,
+                    other => format!("; {other}"),
+                };
+                Err(Error::AgentTimeout { stage, seconds, detail })
+            }
+            Err(e) if self.session.closed().is_some() => {
+                tracing::debug!(error = %e, "agent channel closed");
+                Err(self.vm.failure(stage).into())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Round trip to the agent; returns how long it took.
     pub fn ping(&mut self) -> Result<Duration, Error> {
         let seq = self.next_seq;
         self.next_seq += 1;
         let start = Instant::now();
-        self.send(Message::Ping { seq })?;
-        match self.receive(REQUEST_TIMEOUT, "answer a ping")? {
+        match self.request(Message::Ping { seq }, REQUEST_TIMEOUT, "answer a ping")? {
             Message::Pong { seq: got } if got == seq => Ok(start.elapsed()),
             Message::Pong { seq: got } => Err(Error::Agent(format!("pong {got} does not answer ping {seq}"))),
             other => Err(Error::Agent(format!("expected pong, the guest sent {}", other.kind()))),
@@ -152,8 +183,10 @@ impl Sandbox {
     /// stops it hard after that. Returns how long the graceful part took.
     pub fn shutdown(mut self, timeout: Duration) -> Result<Duration, Error> {
         let start = Instant::now();
-        self.send(Message::Shutdown)?;
-        if self.vm.wait_timeout(timeout)?.is_some() {
+        // The reply may be lost as the VM goes down; QEMU's exit is what counts.
+        let _ = self.session.request(Message::Shutdown, timeout);
+        let left = timeout.saturating_sub(start.elapsed());
+        if self.vm.wait_timeout(left)?.is_some() {
             return Ok(start.elapsed());
         }
         self.vm.hard_stop()?;
@@ -169,62 +202,4 @@ impl Sandbox {
         self.vm.hard_stop()?;
         Ok(())
     }
-
-    fn send(&mut self, message: Message) -> Result<(), Error> {
-        let mut buf = Vec::new();
-        encode(&Frame::Message(message), &mut buf).map_err(|e| Error::Agent(e.to_string()))?;
-        match self.writer.write_all(&buf) {
-            Ok(()) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
-                ) =>
-            {
-                Err(self.vm.failure("accepting a request").into())
-            }
-            Err(e) => Err(Error::Agent(format!("sending to the guest: {e}"))),
-        }
-    }
-
-    /// The next control message, within `timeout`. A guest that dies or hangs meanwhile is
-    /// explained from its console.
-    fn receive(&mut self, timeout: Duration, stage: &'static str) -> Result<Message, Error> {
-        self.reader
-            .get_ref()
-            .set_read_timeout(Some(timeout))
-            .map_err(|e| Error::Agent(format!("setting a timeout: {e}")))?;
-        loop {
-            match self.reader.read_frame() {
-                Ok(Some(Frame::Message(message))) => return Ok(message),
-                // No streams are open yet; stray data is dropped.
-                Ok(Some(Frame::Data { .. })) => continue,
-                // The guest end closed: QEMU exited (a panic, a crash) or is about to.
-                Ok(None) | Err(bulkhead_proto::FrameError::Truncated(_)) => {
-                    return Err(self.vm.failure(stage).into())
-                }
-                Err(bulkhead_proto::FrameError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                    return Err(self.vm.failure(stage).into())
-                }
-                Err(bulkhead_proto::FrameError::Io(e))
-                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
-                {
-                    let detail = match self.vm.failure(stage) {
-                        bulkhead_vmm::Error::GuestPanic(line) => {
-                            format!("; guest kernel panicked: {line}")
-                        }
-                        bulkhead_vmm::Error::QemuExited { detail, .. } => detail,
-                        other => format!("; {other}"),
-                    };
-                    return Err(Error::AgentTimeout { stage, seconds: timeout.as_secs(), detail });
-                }
-                Err(e) => return Err(Error::Agent(e.to_string())),
-            }
-        }
-    }
-}
-
-/// Guest-supplied text, bounded and stripped of control characters before it reaches a terminal.
-fn clip(text: &str) -> String {
-    text.chars().filter(|c| !c.is_control()).take(300).collect()
 }
