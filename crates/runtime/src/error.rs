@@ -18,6 +18,17 @@ pub enum Error {
     },
     #[error("no default kernel in the store at {root}; import one with `bulkhead kernel import`")]
     NoDefaultKernel { root: PathBuf },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("damaged record {0}")]
+    Corrupt(String),
+    /// The container's process could not be started; the code is Docker's (126, 127, 125).
+    #[error("{message}")]
+    StartFailed { exit_code: i32, message: String },
     #[error("guest agent: {0}")]
     Agent(String),
     #[error("guest agent did not {stage} within {seconds} s{detail}")]

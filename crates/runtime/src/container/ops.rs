@@ -1,0 +1,552 @@
+//! What the container verbs do; the CLI only parses arguments and prints results.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bulkhead_image::Store;
+use bulkhead_proto::{ProcessSpec, Rlimit, WindowSize};
+use serde_json::json;
+
+use super::client::{self, StreamOptions};
+use super::control::{self, Reply, Request};
+use super::ids::{generated_name, new_id, short};
+use super::monitor::Readiness;
+use super::record::{ContainerConfig, Status};
+use super::spec::{process_args, process_env, RestartPolicy};
+use super::store::{Container, Containers};
+use crate::{Error, Paths};
+
+/// Everything `create` and `run` take from the command line.
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    pub image: String,
+    pub name: Option<String>,
+    /// Replaces the image's `Cmd`.
+    pub cmd: Vec<String>,
+    pub entrypoint: Option<String>,
+    /// `KEY=value` entries from `-e` and `--env-file`, in order.
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub hostname: Option<String>,
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    pub kernel: Option<String>,
+    pub read_only: bool,
+    pub tmpfs: Vec<String>,
+    pub restart: RestartPolicy,
+    pub auto_remove: bool,
+    pub tty: bool,
+    pub stdin: bool,
+    /// `auto`, `kvm` or `tcg`.
+    pub accel: String,
+}
+
+/// Size of each container's writable layer (a sparse file; only what is written uses space).
+const RW_DISK_BYTES: u64 = 8 << 30;
+
+/// Records a new container; returns its configuration.
+pub fn create(paths: &Paths, options: &CreateOptions) -> Result<ContainerConfig, Error> {
+    let store = Store::open(&paths.root)?;
+    let image = store.resolve_image(&options.image)?;
+    if image.kind == bulkhead_image::ImageKind::Kernel {
+        return Err(Error::Invalid(format!("{} is a kernel image; run it with --kernel {0}", options.image)));
+    }
+    let kernel = bulkhead_image::kernel::resolve(&store, options.kernel.as_deref())?;
+    let root_disk = bulkhead_image::disk::root_disk(&store, image.digest.as_str())?;
+    if options.restart != RestartPolicy::No && options.auto_remove {
+        return Err(Error::Invalid("conflicting options: --restart and --rm".into()));
+    }
+    for path in &options.tmpfs {
+        if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
+            return Err(Error::Invalid(format!("invalid --tmpfs {path:?}: expected an absolute path")));
+        }
+    }
+    let id = new_id().map_err(Error::io("reading", "/dev/urandom"))?;
+    let name = options.name.clone().unwrap_or_else(|| generated_name(&id));
+    let hostname = options.hostname.clone().unwrap_or_else(|| short(&id).to_owned());
+    if hostname.is_empty()
+        || hostname.len() > 64
+        || !hostname.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    {
+        return Err(Error::Invalid(format!("invalid hostname {hostname:?}")));
+    }
+    let args = process_args(&image.config, options.entrypoint.as_deref(), &options.cmd)?;
+    let cwd = options.workdir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| {
+        if image.config.working_dir.is_empty() {
+            "/".into()
+        } else {
+            image.config.working_dir.clone()
+        }
+    });
+    if !cwd.starts_with('/') {
+        return Err(Error::Invalid(format!("the working directory {cwd:?} is not an absolute path")));
+    }
+    let config = ContainerConfig {
+        id: id.clone(),
+        name,
+        created: super::logs::now_rfc3339(),
+        image: options.image.clone(),
+        image_digest: image.digest.to_string(),
+        root_disk,
+        kernel: options.kernel.clone().unwrap_or_else(|| "default".into()),
+        kernel_digest: kernel.digest.clone(),
+        kernel_path: kernel.path.clone(),
+        accel: if options.accel.is_empty() { "auto".into() } else { options.accel.clone() },
+        process: ProcessSpec {
+            args,
+            env: process_env(&image.config.env, &options.env, &hostname),
+            cwd,
+            user: options.user.clone().unwrap_or_else(|| image.config.user.clone()),
+            rlimits: vec![Rlimit { resource: "nofile".into(), soft: 1_048_576, hard: 1_048_576 }],
+            tty: options.tty.then_some(WindowSize { rows: 24, cols: 80 }),
+            stdin: options.stdin,
+        },
+        hostname,
+        memory_mib: options.memory_mib,
+        vcpus: options.vcpus.max(1),
+        read_only: options.read_only,
+        tmpfs: options.tmpfs.clone(),
+        restart: options.restart,
+        auto_remove: options.auto_remove,
+    };
+    let template = rw_template(paths)?;
+    Containers::new(paths).create(&config, &|dir| copy_sparse(&template, &dir.join("rw.img")))?;
+    Ok(config)
+}
+
+/// A blank ext4 writable layer, made once and copied (sparsely) for each container.
+fn rw_template(paths: &Paths) -> Result<PathBuf, Error> {
+    let dir = paths.cache_dir();
+    let path = dir.join(format!("rw-ext4-{}g.img", RW_DISK_BYTES >> 30));
+    if path.is_file() {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
+    let tmp =
+        tempfile::NamedTempFile::new_in(&dir).map_err(Error::io("creating a temporary file in", &dir))?;
+    tmp.as_file().set_len(RW_DISK_BYTES).map_err(Error::io("sizing", tmp.path()))?;
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1", "-L", "bulkhead-rw"])
+        .arg(tmp.path())
+        .output()
+        .map_err(Error::io("running mkfs.ext4 (install e2fsprogs) on", tmp.path()))?;
+    if !out.status.success() {
+        return Err(Error::Invalid(format!(
+            "mkfs.ext4 failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    tmp.persist(&path).map_err(|e| Error::Io { what: "installing", path: path.clone(), source: e.error })?;
+    Ok(path)
+}
+
+fn copy_sparse(from: &Path, to: &Path) -> Result<(), Error> {
+    let status = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(from)
+        .arg(to)
+        .status()
+        .map_err(Error::io("copying the writable layer to", to))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!("copying {} to {} failed ({status})", from.display(), to.display())))
+    }
+}
+
+/// Starts a created or exited container by spawning its monitor. With `wait_attach`, returns
+/// once the VM is up and the monitor waits for an attach to start the main process.
+pub fn start(paths: &Paths, name: &str, wait_attach: bool) -> Result<(String, Readiness), Error> {
+    let containers = Containers::new(paths);
+    let id = containers.resolve(name)?;
+    let _lock = containers.lock(&id)?;
+    let container = containers.load(&id)?;
+    if matches!(container.state.status, Status::Running | Status::Restarting) {
+        return Ok((id, Readiness::Started));
+    }
+    let mut state = container.state;
+    state.stopped_by_user = false;
+    state.restart_count = 0;
+    containers.save_state(&id, &state)?;
+    let readiness = spawn_monitor(paths, &containers, &id, wait_attach)?;
+    Ok((id, readiness))
+}
+
+fn spawn_monitor(
+    paths: &Paths,
+    containers: &Containers,
+    id: &str,
+    wait_attach: bool,
+) -> Result<Readiness, Error> {
+    let exe = std::env::current_exe().map_err(Error::io("finding", "the bulkhead executable"))?;
+    let log_path = containers.dir(id).join("monitor.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(Error::io("opening", &log_path))?;
+    let mut command = Command::new(&exe);
+    command.arg("--root").arg(&paths.root).arg("--run-root").arg(&paths.run_root).arg("monitor").arg(id);
+    if wait_attach {
+        command.arg("--wait-attach");
+    }
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log);
+    // SAFETY: setsid(2) is async-signal-safe; the closure allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            // Its own session: the monitor outlives this command and its terminal.
+            nix::unistd::setsid().map(drop).map_err(std::io::Error::from)
+        });
+    }
+    let mut child = command.spawn().map_err(Error::io("starting the monitor", &exe))?;
+    let stdout = child.stdout.take().ok_or_else(|| Error::Agent("monitor has no stdout".into()))?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).map_err(Error::io("reading from the monitor", &log_path))?;
+    // The monitor lives on; its exit status is of no interest to this process.
+    std::thread::spawn(move || child.wait());
+    match serde_json::from_str::<Readiness>(&line) {
+        Ok(Readiness::Failed { message, exit_code }) => Err(Error::StartFailed { exit_code, message }),
+        Ok(ready) => Ok(ready),
+        Err(_) => {
+            let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let last = tail.lines().last().unwrap_or("no output").to_owned();
+            Err(Error::Agent(format!("the monitor failed to start: {last} (see {})", log_path.display())))
+        }
+    }
+}
+
+/// Attaches to a running container until its main process ends; returns the exit code.
+pub fn attach(paths: &Paths, name: &str, options: StreamOptions) -> Result<i32, Error> {
+    let containers = Containers::new(paths);
+    let id = containers.resolve(name)?;
+    let (reply, connection) =
+        control::call(&containers.monitor_socket(&id), &Request::Attach { stdin: options.stdin })
+            .map_err(|_| Error::Conflict(format!("container {} is not running", short(&id))))?;
+    match reply {
+        Reply::Ok => client::stream(connection, options),
+        Reply::Error { message, exit_code } => Err(error_reply(message, exit_code)),
+        other => Err(Error::Agent(format!("unexpected reply {other:?}"))),
+    }
+}
+
+/// What `exec` runs.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOptions {
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub tty: bool,
+    pub stdin: bool,
+    pub detach: bool,
+}
+
+/// Runs a process in a running container; returns its exit code (0 at once when detached).
+pub fn exec(paths: &Paths, name: &str, options: &ExecOptions) -> Result<i32, Error> {
+    let containers = Containers::new(paths);
+    let id = containers.resolve(name)?;
+    let container = containers.load(&id)?;
+    if container.state.status != Status::Running {
+        return Err(Error::Conflict(format!("container {} is not running", short(&id))));
+    }
+    if options.cmd.is_empty() {
+        return Err(Error::Invalid("exec needs a command".into()));
+    }
+    let main = &container.config.process;
+    let process = ProcessSpec {
+        args: options.cmd.clone(),
+        env: process_env(&main.env, &options.env, &container.config.hostname),
+        cwd: options.workdir.clone().unwrap_or_else(|| main.cwd.clone()),
+        user: options.user.clone().unwrap_or_else(|| main.user.clone()),
+        rlimits: main.rlimits.clone(),
+        tty: options.tty.then_some(WindowSize { rows: 24, cols: 80 }),
+        stdin: options.stdin && !options.detach,
+    };
+    let (reply, connection) = control::call(&containers.monitor_socket(&id), &Request::Exec { process })?;
+    match reply {
+        Reply::Ok if options.detach => Ok(0),
+        Reply::Ok => client::stream(connection, StreamOptions { stdin: options.stdin, tty: options.tty }),
+        Reply::Error { message, exit_code } => Err(error_reply(message, exit_code)),
+        other => Err(Error::Agent(format!("unexpected reply {other:?}"))),
+    }
+}
+
+fn error_reply(message: String, exit_code: Option<i32>) -> Error {
+    match exit_code {
+        Some(exit_code) => Error::StartFailed { exit_code, message },
+        None => Error::Agent(message),
+    }
+}
+
+/// `run`: create, start and (unless detached) attach; returns the ID and, when attached, the
+/// exit code.
+pub fn run(paths: &Paths, options: &CreateOptions, detach: bool) -> Result<(String, Option<i32>), Error> {
+    let config = create(paths, options)?;
+    if detach {
+        start(paths, &config.id, false).inspect_err(|_| cleanup_failed_run(paths, &config))?;
+        return Ok((config.id, None));
+    }
+    if let Err(e) = start(paths, &config.id, true) {
+        cleanup_failed_run(paths, &config);
+        return Err(e);
+    }
+    let code = attach(paths, &config.id, StreamOptions { stdin: options.stdin, tty: options.tty });
+    if options.auto_remove {
+        wait_removed(paths, &config.id);
+    }
+    code.map(|code| (config.id, Some(code)))
+}
+
+fn cleanup_failed_run(paths: &Paths, config: &ContainerConfig) {
+    if config.auto_remove {
+        let containers = Containers::new(paths);
+        if let Ok(_lock) = containers.lock(&config.id) {
+            let _ = containers.remove(&config.id);
+        }
+    }
+}
+
+/// `--rm`: the monitor removes the container as it exits; wait for that so the next command
+/// does not see it.
+fn wait_removed(paths: &Paths, id: &str) {
+    let dir = Containers::new(paths).dir(id);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while dir.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Stops a running container: `signal`, then SIGKILL after `timeout`, then the VM.
+pub fn stop(paths: &Paths, name: &str, timeout: Duration) -> Result<String, Error> {
+    let containers = Containers::new(paths);
+    let id = containers.resolve(name)?;
+    let container = containers.load(&id)?;
+    if !matches!(container.state.status, Status::Running | Status::Restarting) {
+        return Ok(id);
+    }
+    let signal = 15;
+    let request = Request::Stop { timeout_s: timeout.as_secs(), signal };
+    if let Ok((Reply::Error { message, .. }, _)) = control::call(&containers.monitor_socket(&id), &request) {
+        return Err(Error::Agent(message));
+    }
+    wait_not_running(&containers, &id, timeout + Duration::from_secs(60))?;
+    Ok(id)
+}
+
+/// Sends a signal to the main process.
+pub fn kill(paths: &Paths, name: &str, signal: i32) -> Result<String, Error> {
+    let containers = Containers::new(paths);
+    let id = containers.resolve(name)?;
+    if containers.load(&id)?.state.status != Status::Running {
+        return Err(Error::Conflict(format!("container {} is not running", short(&id))));
+    }
+    match control::call(&containers.monitor_socket(&id), &Request::Kill { signal })?.0 {
+        Reply::Ok => Ok(id),
+        Reply::Error { message, .. } => Err(Error::Agent(message)),
+        other => Err(Error::Agent(format!("unexpected reply {other:?}"))),
+    }
+}
+
+/// Blocks until the container is no longer running; returns its exit code.
+pub fn wait(paths: &Paths, name: &str) -> Result<i32, Error> {
+    let containers = Containers::new(paths);
+    let id = containers.resolve(name)?;
+    wait_not_running(&containers, &id, Duration::MAX)
+}
+
+fn wait_not_running(containers: &Containers, id: &str, timeout: Duration) -> Result<i32, Error> {
+    let start = Instant::now();
+    loop {
+        let container = containers.load(id)?;
+        if !matches!(container.state.status, Status::Running | Status::Restarting) {
+            return Ok(container.state.exit_code.unwrap_or(0));
+        }
+        if start.elapsed() > timeout {
+            return Err(Error::AgentTimeout {
+                stage: "stop",
+                seconds: timeout.as_secs(),
+                detail: String::new(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Removes a container; a running one only with `force` (its monitor and VM are killed).
+pub fn remove(paths: &Paths, name: &str, force: bool) -> Result<String, Error> {
+    let containers = Containers::new(paths);
+    let id = containers.resolve(name)?;
+    let _lock = containers.lock(&id)?;
+    let container = containers.load(&id)?;
+    let running = containers.monitor_alive(&id, &container.state);
+    if running && !force {
+        return Err(Error::Conflict(format!(
+            "cannot remove running container {}: stop it first or use rm -f",
+            short(&id)
+        )));
+    }
+    if running {
+        kill_monitor(&containers, &id, &container);
+    }
+    containers.remove(&id)?;
+    Ok(id)
+}
+
+/// SIGKILLs the monitor; its VM dies with it (PR_SET_PDEATHSIG), which is checked, not assumed.
+fn kill_monitor(containers: &Containers, id: &str, container: &Container) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let pids = [container.state.monitor_pid, container.state.vm_pid];
+    if let Some(pid) = container.state.monitor_pid.and_then(|p| i32::try_from(p).ok()) {
+        if containers.monitor_alive(id, &container.state) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for pid in pids.into_iter().flatten() {
+        while process_mentions(pid, id) && Instant::now() < deadline {
+            if let Ok(raw) = i32::try_from(pid) {
+                let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Whether `pid` is alive and its command line mentions `id` (so it is still ours).
+fn process_mentions(pid: u32, id: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| c.windows(id.len()).any(|w| w == id.as_bytes()))
+        .unwrap_or(false)
+}
+
+/// `restart`: stop (if running), then start detached.
+pub fn restart(paths: &Paths, name: &str, timeout: Duration) -> Result<String, Error> {
+    let id = stop(paths, name, timeout)?;
+    start(paths, &id, false)?;
+    Ok(id)
+}
+
+/// Containers, newest first; only running ones unless `all`.
+pub fn list(paths: &Paths, all: bool) -> Result<Vec<Container>, Error> {
+    let containers = Containers::new(paths);
+    let mut out = Vec::new();
+    for id in containers.ids()? {
+        match containers.load(&id) {
+            Ok(c) if all || c.state.status == Status::Running => out.push(c),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "skipping container {id}"),
+        }
+    }
+    out.sort_by(|a, b| b.config.created.cmp(&a.config.created));
+    Ok(out)
+}
+
+/// `inspect`: configuration, state, the VM and the start phases, as JSON.
+pub fn inspect(paths: &Paths, name: &str) -> Result<serde_json::Value, Error> {
+    let containers = Containers::new(paths);
+    let id = containers.resolve(name)?;
+    let Container { config, state } = containers.load(&id)?;
+    Ok(json!({
+        "Id": config.id,
+        "Name": config.name,
+        "Created": config.created,
+        "Image": config.image,
+        "ImageDigest": config.image_digest,
+        "Config": {
+            "Cmd": config.process.args,
+            "Env": config.process.env,
+            "WorkingDir": config.process.cwd,
+            "User": config.process.user,
+            "Tty": config.process.tty.is_some(),
+            "OpenStdin": config.process.stdin,
+            "Hostname": config.hostname,
+        },
+        "HostConfig": {
+            "Memory": u64::from(config.memory_mib) << 20,
+            "Cpus": config.vcpus,
+            "ReadonlyRootfs": config.read_only,
+            "Tmpfs": config.tmpfs,
+            "RestartPolicy": config.restart.to_string(),
+            "AutoRemove": config.auto_remove,
+        },
+        "State": {
+            "Status": state.status.as_str(),
+            "Running": state.status == Status::Running,
+            "ExitCode": state.exit_code.unwrap_or(0),
+            "Error": state.error.unwrap_or_default(),
+            "StartedAt": state.started_at,
+            "FinishedAt": state.finished_at,
+            "RestartCount": state.restart_count,
+            "MonitorPid": state.monitor_pid,
+        },
+        "VM": {
+            "Accelerator": state.accel,
+            "AcceleratorReason": state.accel_reason,
+            "MemoryMiB": config.memory_mib,
+            "VCPUs": config.vcpus,
+            "Kernel": config.kernel,
+            "KernelDigest": config.kernel_digest,
+            "RootDisk": config.root_disk,
+            "Pid": state.vm_pid,
+            "ConsoleLog": containers.dir(&id).join("console.log"),
+        },
+        "StartPhases": state.phases,
+    }))
+}
+
+/// `stats` of a running container.
+pub fn stats(paths: &Paths, name: &str) -> Result<(String, Reply), Error> {
+    simple_request(paths, name, &Request::Stats)
+}
+
+/// `top` of a running container.
+pub fn top(paths: &Paths, name: &str) -> Result<(String, Reply), Error> {
+    simple_request(paths, name, &Request::Top)
+}
+
+fn simple_request(paths: &Paths, name: &str, request: &Request) -> Result<(String, Reply), Error> {
+    let containers = Containers::new(paths);
+    let id = containers.resolve(name)?;
+    if containers.load(&id)?.state.status != Status::Running {
+        return Err(Error::Conflict(format!("container {} is not running", short(&id))));
+    }
+    match control::call(&containers.monitor_socket(&id), request)?.0 {
+        Reply::Error { message, .. } => Err(Error::Agent(message)),
+        reply => Ok((id, reply)),
+    }
+}
+
+/// Prints the log; with `follow`, keeps printing until the container stops.
+pub fn logs(paths: &Paths, name: &str, follow: bool, options: super::logs::ReadOptions) -> Result<(), Error> {
+    let containers = Containers::new(paths);
+    let id = containers.resolve(name)?;
+    let path = containers.log_path(&id);
+    let mut out = std::io::stdout().lock();
+    let mut err = std::io::stderr();
+    let position =
+        super::logs::print(&path, options, &mut out, &mut err).map_err(Error::io("reading", &path))?;
+    if follow {
+        let done = || containers.load(&id).map(|c| c.state.status != Status::Running).unwrap_or(true);
+        let options = super::logs::ReadOptions { tail: None, ..options };
+        super::logs::follow(&path, position, options, &mut out, &mut err, &done)
+            .map_err(Error::io("reading", &path))?;
+    }
+    out.flush().map_err(Error::io("writing", "stdout"))
+}
+
+/// `container prune`: removes every container that is not running; returns their IDs.
+pub fn prune(paths: &Paths) -> Result<Vec<String>, Error> {
+    let mut removed = Vec::new();
+    for container in list(paths, true)? {
+        if !matches!(container.state.status, Status::Running | Status::Restarting) {
+            remove(paths, &container.config.id, false)?;
+            removed.push(container.config.id);
+        }
+    }
+    Ok(removed)
+}
