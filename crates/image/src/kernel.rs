@@ -89,6 +89,7 @@ pub fn import(
         ))?,
     };
 
+    let _gc = store.gc_lock(false)?;
     let mut writer = store.blob_writer()?;
     {
         let mut tar = tar::Builder::new(&mut writer);
