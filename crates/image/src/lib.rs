@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod archive;
+pub mod auth;
 mod compress;
 mod digest;
 pub mod disk;
@@ -16,6 +17,7 @@ pub mod kernel;
 pub mod media;
 pub mod platform;
 mod reference;
+pub mod registry;
 mod store;
 pub mod unpack;
 

@@ -141,7 +141,12 @@ fn host_tree(
         let kind = if d.kind == 'c' { 0o020000 } else { 0o060000 };
         out.insert(
             format!("/{}", p.display()),
-            (kind | d.mode, d.uid as u32, d.gid as u32, 0),
+            (
+                kind | d.mode,
+                u32::try_from(d.uid).unwrap(),
+                u32::try_from(d.gid).unwrap(),
+                0,
+            ),
         );
     }
     out
