@@ -2,6 +2,8 @@
 //! hostile ones the `tar` crate would refuse to write) and images assembled in a store.
 #![allow(dead_code)]
 
+pub mod registry;
+
 use std::io::Write;
 
 use bulkhead_image::{media, Digest, Store};
@@ -127,6 +129,22 @@ impl Layer {
     }
 }
 
+/// The uncompressed tar inside a layer blob.
+pub fn decompressed(layer: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    if layer.starts_with(&[0x1f, 0x8b]) {
+        flate2::read::GzDecoder::new(layer)
+            .read_to_end(&mut out)
+            .unwrap();
+    } else if layer.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        out = zstd::decode_all(layer).unwrap();
+    } else {
+        out = layer.to_vec();
+    }
+    out
+}
+
 /// Stores `layers` (already compressed or not) as an image named `reference`; returns the
 /// manifest digest.
 pub fn make_image(store: &Store, reference: &str, layers: &[Vec<u8>], cmd: &[&str]) -> Digest {
@@ -142,7 +160,7 @@ pub fn make_image(store: &Store, reference: &str, layers: &[Vec<u8>], cmd: &[&st
             media::OCI_LAYER_TAR
         };
         descs.push(json!({"mediaType": media_type, "digest": d.as_str(), "size": l.len()}));
-        diff_ids.push(d.to_string());
+        diff_ids.push(Digest::of(&decompressed(l)).to_string());
     }
     let config = json!({
         "architecture": "amd64", "os": "linux", "created": "2024-01-01T00:00:00Z",
