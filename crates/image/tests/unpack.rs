@@ -187,6 +187,9 @@ fn root_disk_matches_unpacked_tree() {
     let out = disk::debugfs(image, "cat /etc/passwd\nstat /etc/gone\n", false).unwrap();
     assert!(out.contains("user:x:1000"), "{out}");
     assert!(out.contains("Fast link dest: \"/etc/passwd\""), "{out}");
+    let out = disk::debugfs(image, "stat /dev/null\nstat /dev/sda\n", false).unwrap();
+    assert!(out.contains("Device major/minor number: 01:03"), "{out}");
+    assert!(out.contains("Device major/minor number: 08:00"), "{out}");
     let fsck = std::process::Command::new("e2fsck")
         .args(["-fn"])
         .arg(image)
