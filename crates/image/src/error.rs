@@ -47,6 +47,9 @@ pub enum Error {
     /// A registry operation failed.
     #[error("registry {registry}: {reason}")]
     Registry { registry: String, reason: String },
+    /// Input that is not acceptable, with the reason.
+    #[error("{0}")]
+    Invalid(String),
     /// An external tool (mke2fs, debugfs) failed.
     #[error("{tool} failed: {reason}")]
     Tool { tool: &'static str, reason: String },

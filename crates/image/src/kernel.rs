@@ -85,6 +85,7 @@ pub fn import(
         None => Reference::parse(&format!("{DEFAULT_REPOSITORY}:{}", tag_from_version(&version)))?,
     };
 
+    let _gc = store.gc_lock(false)?;
     let mut writer = store.blob_writer()?;
     {
         let mut tar = tar::Builder::new(&mut writer);

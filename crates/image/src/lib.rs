@@ -6,15 +6,23 @@
 //! destination.
 #![forbid(unsafe_code)]
 
+pub mod archive;
+pub mod auth;
 mod compress;
 mod digest;
+pub mod disk;
 mod error;
+mod images;
 pub mod kernel;
 pub mod media;
+pub mod platform;
 mod reference;
+pub mod registry;
 mod store;
+pub mod unpack;
 
 pub use digest::Digest;
 pub use error::Error;
+pub use images::{ImageInfo, ImageSummary, PruneReport, RunConfig};
 pub use reference::Reference;
 pub use store::{BlobWriter, ImageEntry, ImageKind, Store, VerifyingReader};

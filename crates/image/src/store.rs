@@ -276,6 +276,20 @@ impl Store {
         Ok(out)
     }
 
+    /// The store-wide write lock: shared by anything that adds content (pull, load, import),
+    /// exclusive for `prune`, so garbage collection never deletes blobs of a transfer in flight.
+    pub fn gc_lock(&self, exclusive: bool) -> Result<Flock<File>, Error> {
+        let path = self.root.join("gc.lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io("opening lock file", &path, e))?;
+        let arg = if exclusive { FlockArg::LockExclusive } else { FlockArg::LockShared };
+        Flock::lock(file, arg).map_err(|(_, errno)| Error::io("locking", path, errno.into()))
+    }
+
     /// Takes an exclusive lock on `<root>/<name>`, held until the returned guard drops.
     pub(crate) fn lock(&self, name: &str) -> Result<Flock<File>, Error> {
         let path = self.root.join(name);
@@ -319,6 +333,11 @@ pub struct BlobWriter {
 }
 
 impl BlobWriter {
+    /// The digest of what has been written so far.
+    pub fn hasher_clone(&self) -> Sha256 {
+        self.hasher.clone()
+    }
+
     /// Bytes written so far.
     pub fn size(&self) -> u64 {
         self.size

@@ -1,6 +1,7 @@
 //! One module per group of verbs.
 
 mod host;
+mod image;
 mod kernel;
 mod output;
 
@@ -18,6 +19,8 @@ pub enum Command {
     Check(host::CheckArgs),
     /// Manage guest kernels (stored as OCI images).
     Kernel(kernel::KernelCommand),
+    #[command(flatten)]
+    Image(image::ImageVerb),
 }
 
 pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
@@ -25,5 +28,6 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Info(args) => host::info(cli, args),
         Command::Check(args) => host::check(cli, args),
         Command::Kernel(cmd) => kernel::run(cli, cmd),
+        Command::Image(verb) => image::run(cli, verb),
     }
 }
