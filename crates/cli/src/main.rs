@@ -31,13 +31,6 @@ impl Cli {
     }
 }
 
-/// How a listing is printed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    Table,
-    Json,
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.debug);

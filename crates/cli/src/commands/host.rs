@@ -8,7 +8,8 @@ use bulkhead_runtime::host;
 use bulkhead_vmm::AccelRequest;
 use clap::Args;
 
-use crate::{Cli, Format};
+use super::output::Format;
+use crate::Cli;
 
 #[derive(Debug, Args)]
 pub struct InfoArgs {

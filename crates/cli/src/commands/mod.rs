@@ -1,5 +1,6 @@
 //! One module per group of verbs.
 
+mod container;
 mod host;
 mod image;
 mod kernel;
@@ -21,6 +22,8 @@ pub enum Command {
     Kernel(kernel::KernelCommand),
     #[command(flatten)]
     Image(image::ImageVerb),
+    #[command(flatten)]
+    Container(container::ContainerVerb),
 }
 
 pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
@@ -29,5 +32,6 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Check(args) => host::check(cli, args),
         Command::Kernel(cmd) => kernel::run(cli, cmd),
         Command::Image(verb) => image::run(cli, verb),
+        Command::Container(verb) => container::run(cli, verb),
     }
 }

@@ -550,3 +550,113 @@ pub fn prune(paths: &Paths) -> Result<Vec<String>, Error> {
     }
     Ok(removed)
 }
+
+/// `cp HOST CONTAINER:DEST`: `DEST/` (or `DEST` naming a directory with a trailing slash)
+/// receives the source under its own name; otherwise the source is stored as `DEST`.
+pub fn copy_in(paths: &Paths, name: &str, source: &Path, dest: &str) -> Result<(), Error> {
+    use bulkhead_proto::{encode, Frame};
+    let (dir, entry_name) = match dest.strip_suffix('/') {
+        Some(dir) => (if dir.is_empty() { "/" } else { dir }.to_owned(), file_name(source)?),
+        None => {
+            let (parent, leaf) = dest.rsplit_once('/').unwrap_or((".", dest));
+            (if parent.is_empty() { "/" } else { parent }.to_owned(), leaf.to_owned())
+        }
+    };
+    let meta = std::fs::symlink_metadata(source).map_err(Error::io("reading", source))?;
+    let mut archive =
+        tar::Builder::new(tempfile::tempfile().map_err(Error::io("creating", "a temporary file"))?);
+    archive.follow_symlinks(false);
+    let appended = if meta.is_dir() {
+        archive.append_dir_all(&entry_name, source)
+    } else {
+        archive.append_path_with_name(source, &entry_name)
+    };
+    appended.map_err(Error::io("archiving", source))?;
+    let mut file = archive.into_inner().map_err(Error::io("archiving", source))?;
+    use std::io::{Read, Seek};
+    file.rewind().map_err(Error::io("reading", "the archive"))?;
+
+    let containers = Containers::new(paths);
+    let id = containers.resolve(name)?;
+    let (reply, connection) = control::call(&containers.monitor_socket(&id), &Request::CopyIn { path: dir })?;
+    if let Reply::Error { message, .. } = reply {
+        return Err(Error::Agent(message));
+    }
+    let mut writer = connection.get_ref().try_clone().map_err(|e| Error::Agent(e.to_string()))?;
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut chunk).map_err(Error::io("reading", "the archive"))?;
+        let mut buf = Vec::new();
+        encode(&Frame::Data { stream: control::COPY, bytes: chunk[..n].to_vec() }, &mut buf)
+            .map_err(|e| Error::Agent(e.to_string()))?;
+        writer.write_all(&buf).map_err(|e| Error::Agent(format!("sending to the monitor: {e}")))?;
+        if n == 0 {
+            break;
+        }
+    }
+    copy_result(connection, None)
+}
+
+/// `cp CONTAINER:SRC HOST`: into `HOST` if it is a directory, else as `HOST`.
+pub fn copy_out(paths: &Paths, name: &str, source: &str, dest: &Path) -> Result<(), Error> {
+    let containers = Containers::new(paths);
+    let id = containers.resolve(name)?;
+    let (reply, connection) =
+        control::call(&containers.monitor_socket(&id), &Request::CopyOut { path: source.to_owned() })?;
+    if let Reply::Error { message, .. } = reply {
+        return Err(Error::Agent(message));
+    }
+    let mut archive = tempfile::tempfile().map_err(Error::io("creating", "a temporary file"))?;
+    copy_result(connection, Some(&mut archive))?;
+    use std::io::Seek;
+    archive.rewind().map_err(Error::io("reading", "the archive"))?;
+    let leaf = source
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .filter(|l| !l.is_empty())
+        .unwrap_or("root")
+        .to_owned();
+    // The archive comes from the guest: tar's unpack keeps every entry inside the target.
+    if dest.is_dir() {
+        tar::Archive::new(archive).unpack(dest).map_err(Error::io("unpacking into", dest))?;
+        return Ok(());
+    }
+    let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let staging = tempfile::tempdir_in(parent).map_err(Error::io("creating a directory in", parent))?;
+    tar::Archive::new(archive).unpack(staging.path()).map_err(Error::io("unpacking into", staging.path()))?;
+    let got = staging.path().join(&leaf);
+    std::fs::rename(&got, dest).map_err(Error::io("placing", dest))
+}
+
+/// Reads a copy's frames: the archive (for a copy out) into `sink`, then the outcome.
+fn copy_result(
+    connection: BufReader<std::os::unix::net::UnixStream>,
+    mut sink: Option<&mut std::fs::File>,
+) -> Result<(), Error> {
+    use bulkhead_proto::{Frame, FrameReader, Message};
+    let mut frames = FrameReader::new(connection);
+    loop {
+        match frames.read_frame() {
+            Ok(Some(Frame::Data { bytes, .. })) => {
+                if let Some(sink) = sink.as_deref_mut() {
+                    sink.write_all(&bytes).map_err(Error::io("writing", "the archive"))?;
+                }
+            }
+            Ok(Some(Frame::Message(Message::CopyDone { error: None, .. }))) => return Ok(()),
+            Ok(Some(Frame::Message(Message::CopyDone { error: Some(e), .. }))) => {
+                return Err(Error::Agent(format!("copy failed in the container: {e}")))
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(Error::Agent("the monitor closed the connection during the copy".into())),
+            Err(e) => return Err(Error::Agent(e.to_string())),
+        }
+    }
+}
+
+fn file_name(path: &Path) -> Result<String, Error> {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_owned)
+        .ok_or_else(|| Error::Invalid(format!("{} has no file name to copy under", path.display())))
+}
