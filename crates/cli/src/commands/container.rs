@@ -220,9 +220,9 @@ pub struct MonitorArgs {
 #[derive(Debug, Subcommand)]
 pub enum ContainerVerb {
     /// Create a container from an image and run it.
-    Run(CreateArgs),
+    Run(Box<CreateArgs>),
     /// Create a container without starting it.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// Start created or stopped containers.
     Start(StartArgs),
     /// List containers.
