@@ -194,6 +194,8 @@ fn supervise(
         resolv_conf: std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
     };
 
+    // Claim the container at once, so a concurrent `start` sees it taken while the VM boots.
+    record(shared, |state| state.monitor_pid = Some(std::process::id()));
     let mut first = true;
     loop {
         let started = Instant::now();
@@ -546,10 +548,15 @@ fn relay_input(shared: &Shared, mut frames: FrameReader<BufReader<UnixStream>>, 
     loop {
         match frames.read_frame() {
             Ok(Some(Frame::Data { stream: STDIN, bytes })) if stdin => {
-                let Some(session) = session() else { return };
-                if id == MAIN && !shared.main_stdin.load(Ordering::SeqCst) {
-                    continue;
+                // A foreground run attaches (and may send all of its input) before the main
+                // process starts; hold the input until the process can take it.
+                while id == MAIN && !shared.main_stdin.load(Ordering::SeqCst) {
+                    if lock(&shared.finished.0).is_some() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
                 }
+                let Some(session) = session() else { return };
                 let guest_stream = stream_id(id, Stdio::Stdin);
                 let result = if bytes.is_empty() {
                     session.close_input(guest_stream)

@@ -165,7 +165,9 @@ pub fn start(paths: &Paths, name: &str, wait_attach: bool) -> Result<(String, Re
     let id = containers.resolve(name)?;
     let _lock = containers.lock(&id)?;
     let container = containers.load(&id)?;
-    if matches!(container.state.status, Status::Running | Status::Restarting) {
+    if matches!(container.state.status, Status::Running | Status::Restarting)
+        || containers.monitor_alive(&id, &container.state)
+    {
         return Ok((id, Readiness::Started));
     }
     let mut state = container.state;
