@@ -1,15 +1,23 @@
 //! The agent: the guest end of the host channel.
+//!
+//! One loop reads frames and answers each request in order. Nothing in it waits on a process or
+//! a stream: stdin bytes go to per-stream threads, output and copies run on their own threads,
+//! and credits only wake them.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::Path;
+use std::sync::mpsc::{self, Sender};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bulkhead_proto::{
-    check_version, encode, BootTimes, Frame, FrameReader, Message, AGENT_PORT_NAME, PROTOCOL_VERSION,
+    check_version, BootTimes, Frame, FrameReader, Message, AGENT_PORT_NAME, PROTOCOL_VERSION,
 };
 
-use crate::Error;
+use crate::container::{Container, Launch};
+use crate::port::{Port, Windows};
+use crate::{copy, stats, Error};
 
 /// Finds the virtio-serial port named [`AGENT_PORT_NAME`] and opens it. Ports appear shortly
 /// after the driver talks to QEMU, so this waits up to `timeout`.
@@ -40,23 +48,18 @@ fn find_port(class: &Path) -> Option<String> {
 
 /// Serves the host until it asks for a shutdown (`Ok`) or the channel fails (`Err`).
 pub fn serve(port: File, boot: BootTimes) -> Result<(), Error> {
-    let mut writer =
-        port.try_clone().map_err(|source| Error::OpenPort { path: "agent port".into(), source })?;
+    let writer = port.try_clone().map_err(|source| Error::OpenPort { path: "agent port".into(), source })?;
+    let port_out = Arc::new(Port::new(writer));
     let mut reader = FrameReader::new(port);
-    let mut send = |message: Message| -> Result<(), Error> {
-        let mut buf = Vec::new();
-        encode(&Frame::Message(message), &mut buf)?;
-        writer.write_all(&buf).map_err(|e| Error::Frame(e.into()))
-    };
 
     match reader.read_frame()?.ok_or(Error::HostGone)? {
         Frame::Message(Message::Hello { version, unix_time_ns }) => {
             if let Err(mismatch) = check_version(version) {
-                send(Message::Error { message: mismatch.to_string() })?;
+                port_out.message(Message::Error { message: mismatch.to_string() })?;
                 return Err(mismatch.into());
             }
             set_clock(unix_time_ns);
-            send(Message::Ready {
+            port_out.message(Message::Ready {
                 version: PROTOCOL_VERSION,
                 agent_version: env!("CARGO_PKG_VERSION").into(),
                 boot,
@@ -65,16 +68,160 @@ pub fn serve(port: File, boot: BootTimes) -> Result<(), Error> {
         other => return Err(Error::NoHandshake(describe(&other))),
     }
 
+    let mut agent = Agent {
+        port: port_out,
+        windows: Arc::new(Windows::default()),
+        inputs: HashMap::new(),
+        container: None,
+    };
     loop {
-        let frame = reader.read_frame()?.ok_or(Error::HostGone)?;
-        match frame {
-            Frame::Message(Message::Ping { seq }) => send(Message::Pong { seq })?,
+        match reader.read_frame()?.ok_or(Error::HostGone)? {
+            Frame::Data { stream, bytes } => agent.data(stream, bytes)?,
             Frame::Message(Message::Shutdown) => {
-                send(Message::ShuttingDown)?;
+                agent.port.message(Message::ShuttingDown)?;
                 return Ok(());
             }
-            other => send(Message::Error { message: format!("unexpected {}", describe(&other)) })?,
+            Frame::Message(message) => agent.message(message)?,
         }
+    }
+}
+
+struct Agent {
+    port: Arc<Port>,
+    windows: Arc<Windows>,
+    /// Host → guest streams that are open: stdin of processes, archives of `CopyIn`.
+    inputs: HashMap<u32, Sender<Vec<u8>>>,
+    container: Option<Container>,
+}
+
+impl Agent {
+    fn data(&mut self, stream: u32, bytes: Vec<u8>) -> Result<(), Error> {
+        let len = bytes.len();
+        let end = bytes.is_empty();
+        let delivered = self.inputs.get(&stream).is_some_and(|input| input.send(bytes).is_ok());
+        if end {
+            self.inputs.remove(&stream);
+        } else if !delivered {
+            // Nobody reads this stream (any more): drop the bytes but keep the host's window open.
+            let bytes = u32::try_from(len).unwrap_or(u32::MAX);
+            self.port.message(Message::Credit { stream, bytes })?;
+        }
+        Ok(())
+    }
+
+    fn message(&mut self, message: Message) -> Result<(), Error> {
+        let reply = match message {
+            Message::Ping { seq } => Message::Pong { seq },
+            Message::Credit { stream, bytes } => {
+                self.windows.grant(stream, bytes);
+                return Ok(());
+            }
+            Message::Signal { id, signal } => {
+                if let Some(container) = &self.container {
+                    container.signal(id, signal);
+                }
+                return Ok(());
+            }
+            Message::Resize { id, size } => {
+                if let Some(container) = &self.container {
+                    container.resize(id, size);
+                }
+                return Ok(());
+            }
+            Message::Setup { container } => match &self.container {
+                Some(_) => error("setup: the container is already set up"),
+                None => match Container::setup(&container) {
+                    Ok(c) => {
+                        self.container = Some(c);
+                        Message::SetupDone
+                    }
+                    Err(e) => error(format!("setup: {e}")),
+                },
+            },
+            Message::Start { id, process } => {
+                let Some(container) = &mut self.container else {
+                    return self.port.message(Message::StartFailed {
+                        id,
+                        exit_code: crate::lookup::EXIT_OTHER,
+                        message: "no container: setup has not been done".into(),
+                    });
+                };
+                match container.start(id, &process) {
+                    Ok((pid, launch)) => return self.launch(id, pid, launch),
+                    Err(failure) => {
+                        Message::StartFailed { id, exit_code: failure.exit_code, message: failure.message }
+                    }
+                }
+            }
+            Message::Stats => {
+                let ns = self.container.as_ref().and_then(|c| c.pid_namespace().cloned());
+                match stats::stats(ns.as_deref()) {
+                    Ok(stats) => Message::StatsReply { stats },
+                    Err(e) => error(format!("stats: {e}")),
+                }
+            }
+            Message::Top => {
+                let ns = self.container.as_ref().and_then(|c| c.pid_namespace().cloned());
+                let passwd =
+                    self.container.as_ref().and_then(|c| c.rootfs().read("/etc/passwd")).unwrap_or_default();
+                Message::TopReply { processes: stats::top(ns.as_deref(), &passwd) }
+            }
+            Message::CopyIn { stream, path } => return self.copy_in(stream, &path),
+            Message::CopyOut { stream, path } => return self.copy_out(stream, &path),
+            Message::Hello { .. } => error("hello: the session is already established"),
+            other => error(format!("unexpected message {}", other.kind())),
+        };
+        self.port.message(reply)
+    }
+
+    fn launch(&mut self, id: u32, pid: i32, launch: Launch) -> Result<(), Error> {
+        // The reply goes first, so the process's `Exited` cannot overtake its `Started`.
+        let sent = self.port.message(Message::Started { id, pid });
+        launch.run(&self.port, &self.windows, &mut self.inputs);
+        sent
+    }
+
+    fn copy_in(&mut self, stream: u32, path: &str) -> Result<(), Error> {
+        let Some(container) = &self.container else {
+            return self.port.message(error("copy: no container: setup has not been done"));
+        };
+        if self.inputs.contains_key(&stream) {
+            return self.port.message(error(format!("copy: stream {stream} is already in use")));
+        }
+        let destination = match copy::resolve_destination(container.rootfs(), path) {
+            Ok(d) => d,
+            Err(e) => return self.port.message(error(e)),
+        };
+        self.port.message(Message::CopyStarted { stream })?;
+        let (tx, rx) = mpsc::channel();
+        self.inputs.insert(stream, tx);
+        let port = Arc::clone(&self.port);
+        spawn("copy-in", move || copy::copy_in(&destination, stream, rx, &port));
+        Ok(())
+    }
+
+    fn copy_out(&mut self, stream: u32, path: &str) -> Result<(), Error> {
+        let Some(container) = &self.container else {
+            return self.port.message(error("copy: no container: setup has not been done"));
+        };
+        let source = match copy::resolve_source(container.rootfs(), path) {
+            Ok(s) => s,
+            Err(e) => return self.port.message(error(e)),
+        };
+        self.port.message(Message::CopyStarted { stream })?;
+        let (port, windows) = (Arc::clone(&self.port), Arc::clone(&self.windows));
+        spawn("copy-out", move || copy::copy_out(&source, stream, &port, &windows));
+        Ok(())
+    }
+}
+
+fn error(message: impl Into<String>) -> Message {
+    Message::Error { message: message.into() }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) {
+    if let Err(e) = std::thread::Builder::new().name(name.into()).spawn(f) {
+        eprintln!("bulkhead-guest: starting a {name} thread: {e}");
     }
 }
 

@@ -6,9 +6,18 @@
 //! the VM off, so a broken guest ends its VM instead of hanging it.
 
 mod agent;
+mod container;
+mod copy;
+mod lookup;
 mod mounts;
+mod port;
 mod power;
 mod reaper;
+mod rootfs;
+mod spawn;
+mod stats;
+mod stdio;
+mod users;
 
 use std::time::Duration;
 
@@ -33,6 +42,7 @@ fn main() {
 
 fn run(init_start_ns: u64) -> Result<(), Error> {
     reaper::start()?;
+    mounts::leave_initramfs()?;
     mounts::mount_all()?;
     let port = agent::open_port(Duration::from_secs(10))?;
     let ready_ns = boottime_ns();
@@ -70,6 +80,8 @@ pub enum Error {
     NoHandshake(String),
     #[error("signal setup: {0}")]
     Signals(nix::Error),
+    #[error("leaving the initramfs ({step}): {source}")]
+    SwitchRoot { step: &'static str, source: nix::Error },
     #[error("starting the reaper thread: {0}")]
     Thread(std::io::Error),
 }

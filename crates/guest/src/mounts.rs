@@ -55,6 +55,25 @@ const MOUNTS: &[Mount] = &[
     },
 ];
 
+/// Moves the init's root from the initramfs onto a tmpfs, as `switch_root` does.
+///
+/// The kernel's initramfs is the root of the mount tree, and `pivot_root` refuses to move that
+/// one away: with the init rooted on a tmpfs mounted over it instead, each container's main
+/// process can `pivot_root` into its root filesystem and detach everything else.
+pub fn leave_initramfs() -> Result<(), Error> {
+    use nix::unistd::{chdir, chroot};
+    const NEW_ROOT: &str = "/sysroot";
+    let fail = |step| move |source| Error::SwitchRoot { step, source };
+    std::fs::create_dir_all(NEW_ROOT).map_err(|source| Error::Mkdir { path: NEW_ROOT.into(), source })?;
+    mount(Some("rootfs"), NEW_ROOT, Some("tmpfs"), MsFlags::empty(), Some("mode=0755"))
+        .map_err(fail("mounting a tmpfs"))?;
+    chdir(NEW_ROOT).map_err(fail("chdir"))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(fail("moving the tmpfs to /"))?;
+    chroot(".").map_err(fail("chroot"))?;
+    chdir("/").map_err(fail("chdir"))
+}
+
 /// Mounts `/proc`, `/sys`, `/dev`, `/dev/pts`, `/dev/shm`, `/run` and the cgroup2 hierarchy.
 pub fn mount_all() -> Result<(), Error> {
     for m in MOUNTS {

@@ -1,0 +1,363 @@
+//! The container's root filesystem (`Setup`): the image disk read-only under an overlay whose
+//! upper layer is the writable disk, with `/dev`, `/sys`, `/etc/hosts`, `/etc/hostname`,
+//! `/etc/resolv.conf` and the `--tmpfs` paths mounted in it.
+//!
+//! Everything is mounted in the init's mount namespace under [`ROOTFS`]; the main process copies
+//! that tree into its own namespace, mounts its `/proc` and pivots into it. Paths inside the
+//! container come from a hostile image and a user's spec, so they are resolved with
+//! `openat2(RESOLVE_IN_ROOT)`: a symlink in the image never leads a mount or a read out of it.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use bulkhead_proto::ContainerSpec;
+use nix::errno::Errno;
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::mount::{mount, MsFlags};
+use nix::sys::stat::{makedev, mkdirat, mknod, Mode, SFlag};
+
+/// Where the container's pieces are mounted in the init's namespace.
+const BASE: &str = "/run/bulkhead";
+/// The container's root, as the init sees it.
+pub const ROOTFS: &str = "/run/bulkhead/rootfs";
+
+/// Largest file read from the image for lookups (`/etc/passwd`, `/etc/group`).
+const MAX_READ: u64 = 4 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("root filesystem type {0:?} is not supported (use erofs or ext4)")]
+    FsType(String),
+    #[error("{what} {path:?} is not a block device")]
+    NotBlockDevice { what: &'static str, path: String },
+    #[error("hostname {0:?} is not valid: at most 64 bytes, no NUL or '/'")]
+    Hostname(String),
+    #[error("tmpfs {0:?} is not valid: expected an absolute path, optionally followed by :options")]
+    TmpfsSpec(String),
+    #[error("mounting {what} on {target}: {errno}")]
+    Mount { what: String, target: String, errno: Errno },
+    #[error("{what} {path}: {source}")]
+    Io { what: &'static str, path: String, source: std::io::Error },
+    #[error("{what} {path:?} inside the container: {errno}")]
+    InRoot { what: &'static str, path: String, errno: Errno },
+}
+
+/// A mounted container root.
+pub struct Rootfs {
+    /// [`ROOTFS`]: the path under which the init sees the container's files.
+    path: PathBuf,
+    /// An `O_PATH` descriptor of it, the anchor of every in-container lookup.
+    root: OwnedFd,
+    hostname: String,
+}
+
+impl Rootfs {
+    /// The root as the init sees it.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
+    /// Opens `path` (absolute or not, it is inside the container) with symlinks and `..`
+    /// resolved as if the container's root were `/`.
+    pub fn open(&self, path: &str, flags: OFlag, mode: Mode) -> Result<OwnedFd, Errno> {
+        let path = path.trim_start_matches('/');
+        let path = if path.is_empty() { "." } else { path };
+        let how = OpenHow::new()
+            .flags(flags | OFlag::O_CLOEXEC)
+            .mode(mode)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        let fd = openat2(self.root.as_raw_fd(), path, how)?;
+        // SAFETY: openat2 just returned this descriptor; nothing else owns it.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// The contents of a small file inside the container; `None` when it cannot be read.
+    pub fn read(&self, path: &str) -> Option<String> {
+        let fd = self.open(path, OFlag::O_RDONLY | OFlag::O_NOCTTY, Mode::empty()).ok()?;
+        let mut text = String::new();
+        File::from(fd).take(MAX_READ).read_to_string(&mut text).ok()?;
+        Some(text)
+    }
+
+    /// Creates the directory `path` and its missing parents inside the container (as `mkdir -p`
+    /// does, 0755) and returns it opened with `O_PATH`.
+    pub fn ensure_dir(&self, path: &str) -> Result<OwnedFd, Errno> {
+        let mut current = String::from("/");
+        for part in path.split('/').filter(|p| !p.is_empty() && *p != "." && *p != "..") {
+            let parent = self.open(&current, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty())?;
+            match mkdirat(Some(parent.as_raw_fd()), part, Mode::from_bits_truncate(0o755)) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(e),
+            }
+            current.push_str(part);
+            current.push('/');
+        }
+        self.open(&current, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty())
+    }
+
+    /// Where the init sees the file behind `fd`, which must be inside the container.
+    pub fn host_path(&self, fd: &OwnedFd) -> Result<PathBuf, Errno> {
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+        if link.starts_with(&self.path) {
+            Ok(link)
+        } else {
+            Err(Errno::EXDEV)
+        }
+    }
+
+    /// `ensure_dir` then `host_path`, for mount targets.
+    fn mount_point(&self, path: &str) -> Result<PathBuf, SetupError> {
+        let in_root = |errno| SetupError::InRoot { what: "creating mount point", path: path.into(), errno };
+        let fd = self.ensure_dir(path).map_err(in_root)?;
+        self.host_path(&fd).map_err(in_root)
+    }
+
+    /// Creates an empty file at `path` unless something is there, for a bind mount.
+    fn file_mount_point(&self, path: &str) -> Result<PathBuf, SetupError> {
+        let in_root = |errno| SetupError::InRoot { what: "creating mount point", path: path.into(), errno };
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            self.ensure_dir(parent).map_err(in_root)?;
+        }
+        let fd = self
+            .open(path, OFlag::O_RDONLY | OFlag::O_CREAT | OFlag::O_NOCTTY, Mode::from_bits_truncate(0o644))
+            .map_err(in_root)?;
+        self.host_path(&fd).map_err(in_root)
+    }
+}
+
+/// Mounts the container's root filesystem as `spec` describes.
+pub fn setup(spec: &ContainerSpec) -> Result<Rootfs, SetupError> {
+    let fstype = match spec.root_fstype.as_str() {
+        "erofs" => "erofs",
+        "ext4" => "ext4",
+        other => return Err(SetupError::FsType(other.into())),
+    };
+    check_block_device("root device", &spec.root_device)?;
+    if let Some(rw) = &spec.rw_device {
+        check_block_device("writable-layer device", rw)?;
+    }
+    let hostname = if spec.hostname.is_empty() { "localhost".to_owned() } else { spec.hostname.clone() };
+    if hostname.len() > 64 || hostname.contains(['\0', '/', '\n']) {
+        return Err(SetupError::Hostname(spec.hostname.clone()));
+    }
+    let tmpfs = spec.tmpfs.iter().map(|t| TmpfsMount::parse(t)).collect::<Result<Vec<_>, _>>()?;
+
+    let lower = format!("{BASE}/lower");
+    let rw = format!("{BASE}/rw");
+    let etc = format!("{BASE}/etc");
+    for dir in [&lower, &rw, &etc, &ROOTFS.to_owned()] {
+        create_dir(dir)?;
+    }
+    mount_at(&spec.root_device, &lower, fstype, MsFlags::MS_RDONLY, None)?;
+    match &spec.rw_device {
+        Some(dev) => mount_at(dev, &rw, "ext4", MsFlags::empty(), None)?,
+        None => mount_at("tmpfs", &rw, "tmpfs", MsFlags::empty(), Some("mode=0755"))?,
+    }
+    let upper = format!("{rw}/upper");
+    let work = format!("{rw}/work");
+    create_dir(&upper)?;
+    create_dir(&work)?;
+    let options = format!("lowerdir={lower},upperdir={upper},workdir={work}");
+    mount_at("overlay", ROOTFS, "overlay", MsFlags::empty(), Some(&options))?;
+
+    let root = File::open(ROOTFS).map_err(|source| SetupError::Io {
+        what: "opening",
+        path: ROOTFS.into(),
+        source,
+    })?;
+    let rootfs = Rootfs { path: PathBuf::from(ROOTFS), root: root.into(), hostname };
+
+    rootfs.mount_point("/proc")?;
+    mount_dev(&rootfs)?;
+    let sys = rootfs.mount_point("/sys")?;
+    let ro_nosuid_nodev_noexec = MsFlags::MS_RDONLY | nosuid_nodev_noexec();
+    mount_at("sysfs", &sys, "sysfs", ro_nosuid_nodev_noexec, None)?;
+
+    let hosts = if spec.hosts.is_empty() {
+        format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
+            rootfs.hostname
+        )
+    } else {
+        spec.hosts.clone()
+    };
+    let mut files = vec![("hosts", hosts), ("hostname", format!("{}\n", rootfs.hostname))];
+    if !spec.resolv_conf.is_empty() {
+        files.push(("resolv.conf", spec.resolv_conf.clone()));
+    }
+    for (name, contents) in files {
+        let source = format!("{etc}/{name}");
+        std::fs::write(&source, contents).map_err(|source_err| SetupError::Io {
+            what: "writing",
+            path: source.clone(),
+            source: source_err,
+        })?;
+        let target = rootfs.file_mount_point(&format!("/etc/{name}"))?;
+        mount_at(&source, &target, "", MsFlags::MS_BIND, None)?;
+    }
+
+    for t in &tmpfs {
+        let target = rootfs.mount_point(&t.path)?;
+        mount_at("tmpfs", &target, "tmpfs", t.flags, (!t.data.is_empty()).then_some(t.data.as_str()))?;
+    }
+
+    if spec.read_only {
+        // Per-mount read-only: the mounts on top (/dev, tmpfs paths, /etc files) stay writable.
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        mount_at(ROOTFS, ROOTFS, "", flags, None)?;
+    }
+    Ok(rootfs)
+}
+
+fn nosuid_nodev_noexec() -> MsFlags {
+    MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC
+}
+
+/// A minimal `/dev`: a tmpfs with the usual character devices and links, its own devpts
+/// instance (so the container's ptys are its own) and `/dev/shm`.
+fn mount_dev(rootfs: &Rootfs) -> Result<(), SetupError> {
+    let dev = rootfs.mount_point("/dev")?;
+    let dev_str = dev.display().to_string();
+    mount_at("tmpfs", &dev, "tmpfs", MsFlags::MS_NOSUID, Some("mode=0755,size=65536k"))?;
+    const NODES: &[(&str, u64, u64)] =
+        &[("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)];
+    for &(name, major, minor) in NODES {
+        let path = dev.join(name);
+        let io = |source| SetupError::Io {
+            what: "creating device node",
+            path: path.display().to_string(),
+            source,
+        };
+        mknod(&path, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), makedev(major, minor))
+            .map_err(|e| io(e.into()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).map_err(io)?;
+    }
+    const LINKS: &[(&str, &str)] = &[
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("core", "/proc/kcore"),
+    ];
+    for &(name, target) in LINKS {
+        let path = dev.join(name);
+        std::os::unix::fs::symlink(target, &path).map_err(|source| SetupError::Io {
+            what: "creating symlink",
+            path: path.display().to_string(),
+            source,
+        })?;
+    }
+    let pts = format!("{dev_str}/pts");
+    let shm = format!("{dev_str}/shm");
+    create_dir(&pts)?;
+    create_dir(&shm)?;
+    mount_at(
+        "devpts",
+        &pts,
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    )?;
+    mount_at("shm", &shm, "tmpfs", nosuid_nodev_noexec(), Some("mode=1777,size=65536k"))?;
+    Ok(())
+}
+
+/// One `--tmpfs PATH[:OPTIONS]`. Options follow `mount -o`; the flags among them become mount
+/// flags and the rest (`size=`, `mode=`, …) go to tmpfs. Docker's defaults: nosuid, nodev, noexec.
+#[derive(Debug, PartialEq, Eq)]
+struct TmpfsMount {
+    path: String,
+    flags: MsFlags,
+    data: String,
+}
+
+impl TmpfsMount {
+    fn parse(spec: &str) -> Result<TmpfsMount, SetupError> {
+        let (path, options) = spec.split_once(':').unwrap_or((spec, ""));
+        if !path.starts_with('/') || path.contains('\0') || options.contains('\0') {
+            return Err(SetupError::TmpfsSpec(spec.into()));
+        }
+        let mut flags = nosuid_nodev_noexec();
+        let mut data = Vec::new();
+        for option in options.split(',').filter(|o| !o.is_empty()) {
+            match option {
+                "ro" => flags |= MsFlags::MS_RDONLY,
+                "rw" => flags &= !MsFlags::MS_RDONLY,
+                "nosuid" => flags |= MsFlags::MS_NOSUID,
+                "suid" => flags &= !MsFlags::MS_NOSUID,
+                "nodev" => flags |= MsFlags::MS_NODEV,
+                "dev" => flags &= !MsFlags::MS_NODEV,
+                "noexec" => flags |= MsFlags::MS_NOEXEC,
+                "exec" => flags &= !MsFlags::MS_NOEXEC,
+                "noatime" => flags |= MsFlags::MS_NOATIME,
+                other => data.push(other),
+            }
+        }
+        Ok(TmpfsMount { path: path.into(), flags, data: data.join(",") })
+    }
+}
+
+fn check_block_device(what: &'static str, path: &str) -> Result<(), SetupError> {
+    let not_block = || SetupError::NotBlockDevice { what, path: path.into() };
+    if !path.starts_with("/dev/") || path.contains("..") {
+        return Err(not_block());
+    }
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.file_type().is_block_device() => Ok(()),
+        Ok(_) => Err(not_block()),
+        Err(source) => Err(SetupError::Io { what, path: path.into(), source }),
+    }
+}
+
+fn create_dir(path: &str) -> Result<(), SetupError> {
+    std::fs::create_dir_all(path).map_err(|source| SetupError::Io {
+        what: "creating",
+        path: path.into(),
+        source,
+    })
+}
+
+fn mount_at(
+    source: &str,
+    target: impl AsRef<Path>,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), SetupError> {
+    let target = target.as_ref();
+    let fstype = (!fstype.is_empty()).then_some(fstype);
+    mount(Some(source), target, fstype, flags, data).map_err(|errno| SetupError::Mount {
+        what: match fstype {
+            Some(t) => format!("{t} {source}"),
+            None => format!("bind {source}"),
+        },
+        target: target.display().to_string(),
+        errno,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tmpfs_options_split_into_flags_and_data() {
+        let t = TmpfsMount::parse("/run").unwrap();
+        assert_eq!(t, TmpfsMount { path: "/run".into(), flags: nosuid_nodev_noexec(), data: String::new() });
+        let t = TmpfsMount::parse("/scratch:exec,size=64m,mode=1777,ro").unwrap();
+        assert_eq!(t.path, "/scratch");
+        assert_eq!(t.flags, MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_RDONLY);
+        assert_eq!(t.data, "size=64m,mode=1777");
+        assert!(TmpfsMount::parse("relative").is_err());
+        assert!(TmpfsMount::parse("").is_err());
+    }
+}
