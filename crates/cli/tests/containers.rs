@@ -19,7 +19,16 @@ fn run_returns_the_exit_code() {
     let env = Env::new();
     assert_eq!(env.ok(&["run", "--rm", "busybox", "echo", "hello"]), "hello\n");
     assert_eq!(code(&env.run(&["run", "--rm", "busybox", "sh", "-c", "exit 3"])), 3);
-    assert_eq!(code(&env.run(&["run", "--rm", "busybox", "sh", "-c", "kill -9 $$"])), 137);
+    // A signal from outside: the main process is PID 1 of its namespace, which ignores signals
+    // sent from inside it (as under Docker), but not SIGKILL from `bulkhead kill`.
+    let fg = env.cmd().args(["run", "--rm", "--name", "sig", "busybox", "sleep", "1000"]).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env.run(&["kill", "-s", "KILL", "sig"]).status.code() != Some(0) {
+        assert!(Instant::now() < deadline, "the container never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(fg.wait_with_output().unwrap().status.code(), Some(137));
+    assert_eq!(code(&env.run(&["run", "--rm", "busybox", "sh", "-c", "sh -c 'kill -9 $$'; exit $?"])), 137);
     let out = env.run(&["run", "--rm", "busybox", "sh", "-c", "echo out; echo err >&2"]);
     assert_eq!((text(&out.stdout), text(&out.stderr)), ("out\n".into(), "err\n".into()));
     assert_eq!(env.ok(&["ps", "-a", "-q"]), "", "--rm left containers behind");
@@ -119,9 +128,10 @@ fn image_config_and_process_options_are_honoured() {
         "--env-file",
         envfile.to_str().unwrap(),
         "--entrypoint",
-        "/bin/echo",
+        "/bin/sh",
         "busybox",
-        "x$B",
+        "-c",
+        "echo x$B",
     ]);
     assert_eq!(out, "xtwo\n");
     let out = env.ok(&[
@@ -169,13 +179,19 @@ fn detached_lifecycle_logs_exec_top_stats_cp_stop_rm() {
     }
     let out = env.run(&["logs", "web"]);
     assert_eq!((text(&out.stdout), text(&out.stderr)), ("started\n".into(), "oops\n".into()));
-    assert!(env.ok(&["logs", "-t", "--tail", "1", "web"]).contains("Z started"));
+    // stdout and stderr are separate streams, so which of the two lines is last is not fixed.
+    let tail = env.run(&["logs", "-t", "--tail", "1", "web"]);
+    let both = text(&tail.stdout) + &text(&tail.stderr);
+    assert_eq!(both.lines().count(), 1, "{both}");
+    assert!(both.contains("Z started") || both.contains("Z oops"), "{both}");
+    assert!(env.ok(&["logs", "-t", "--tail", "2", "web"]).contains("Z started"));
 
     assert_eq!(env.ok(&["exec", "web", "cat", "/state"]), "data\n");
     assert_eq!(code(&env.run(&["exec", "web", "sh", "-c", "exit 5"])), 5);
     assert_eq!(code(&env.run(&["exec", "web", "nope"])), 127);
-    // The exec joins the main process's pid namespace, where the main process is PID 1.
-    assert!(env.ok(&["exec", "web", "cat", "/proc/1/cmdline"]).starts_with("sh"));
+    // The exec joins the main process's pid namespace, where the main process (sh, which execs
+    // its last command) is PID 1.
+    assert!(env.ok(&["exec", "web", "cat", "/proc/1/cmdline"]).starts_with("sleep\01000"));
 
     let top = env.ok(&["top", "web"]);
     assert!(top.contains("sleep 1000"), "{top}");
@@ -183,7 +199,7 @@ fn detached_lifecycle_logs_exec_top_stats_cp_stop_rm() {
     let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
     assert!(stats[0]["MemoryTotalBytes"].as_u64().unwrap() > 100 << 20, "{stats}");
     assert!(
-        stats[0]["VMHostRSSBytes"].as_u64().unwrap() > 0 && stats[0]["Pids"].as_u64().unwrap() >= 2,
+        stats[0]["VMHostRSSBytes"].as_u64().unwrap() > 0 && stats[0]["Pids"].as_u64().unwrap() >= 1,
         "{stats}"
     );
 
@@ -214,12 +230,8 @@ fn detached_lifecycle_logs_exec_top_stats_cp_stop_rm() {
 #[test]
 fn writable_layer_survives_restart_and_read_only_refuses_writes() {
     let env = Env::new();
-    env.ok(&["run", "-d", "--name", "keep", "busybox", "sh", "-c", "echo kept > /etc/mine; sleep 1000"]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while code(&env.run(&["exec", "keep", "test", "-f", "/etc/mine"])) != 0 {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    env.ok(&["run", "-d", "--name", "keep", "busybox", "sleep", "1000"]);
+    env.ok(&["exec", "keep", "sh", "-c", "echo kept > /etc/mine"]);
     env.ok(&["restart", "-t", "0", "keep"]);
     assert_eq!(env.ok(&["exec", "keep", "cat", "/etc/mine"]), "kept\n");
     env.ok(&["rm", "-f", "keep"]);
