@@ -73,26 +73,8 @@ fn a_neighbour_cannot_find_the_secret() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    // The search works: inside the holder it finds the secret in /proc and on disk.
-    let search = format!(
-        "cat /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null | grep -c {secret}; \
-         find / -xdev -type f 2>/dev/null | xargs grep -l {secret} 2>/dev/null | wc -l"
-    );
-    let own = env.ok(&["exec", "holder", "sh", "-c", &search]);
-    let own: Vec<u32> = own.split_whitespace().map(|n| n.parse().unwrap()).collect();
-    assert!(
-        own[0] >= 1 && own[1] >= 1,
-        "the search cannot even find the secret in its own container: {own:?}"
-    );
-
-    // The neighbour, root in its own VM, finds nothing.
-    let theirs = env.ok(&["exec", "-u", "0", "snoop", "sh", "-c", &search]);
-    let theirs: Vec<u32> = theirs.split_whitespace().map(|n| n.parse().unwrap()).collect();
-    assert_eq!(theirs, vec![0, 0], "the neighbour found the secret in /proc or on disk");
-    let procs = env.ok(&["exec", "snoop", "sh", "-c", "ls -d /proc/[0-9]* | wc -l"]);
-    println!("bulkhead: the neighbour sees {} processes, none of the holder's", procs.trim());
-
-    // And its VM's memory does not hold it, while the holder's does.
+    // The neighbour VM's memory does not hold it, while the holder's does (scanned first: the
+    // search below necessarily puts the secret into the memory of the VM it runs in).
     let pid = |name: &str| env.inspect(name)["VM"]["Pid"].as_u64().unwrap();
     assert!(
         memory_contains(pid("holder"), secret.as_bytes()),
@@ -100,6 +82,28 @@ fn a_neighbour_cannot_find_the_secret() {
     );
     assert!(!memory_contains(pid("snoop"), secret.as_bytes()), "the secret is in the neighbour VM's memory");
     println!("bulkhead: secret in the holder VM's memory: yes; in the neighbour VM's memory: no; in its /proc or disk: no");
+    // The search must not carry the secret itself (its own command line would match): the
+    // pattern is assembled from two halves into a file on /dev/shm, outside the searched disk.
+    let (left, right) = secret.split_at(secret.len() / 2);
+    let search = "printf %s%s \"$L\" \"$R\" > /dev/shm/pattern; \
+         cat /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null | grep -c -f /dev/shm/pattern; \
+         find / -xdev -type f 2>/dev/null | xargs grep -l -f /dev/shm/pattern 2>/dev/null | wc -l";
+    let halves = [format!("L={left}"), format!("R={right}")];
+    let exec = |name: &str| {
+        let out = env.ok(&["exec", "-u", "0", "-e", &halves[0], "-e", &halves[1], name, "sh", "-c", search]);
+        out.split_whitespace().map(|n| n.parse().unwrap()).collect::<Vec<u32>>()
+    };
+    // The search works: inside the holder it finds the secret in /proc and on disk.
+    let own = exec("holder");
+    assert!(
+        own[0] >= 1 && own[1] >= 1,
+        "the search cannot even find the secret in its own container: {own:?}"
+    );
+    // The neighbour, root in its own VM, finds nothing.
+    assert_eq!(exec("snoop"), vec![0, 0], "the neighbour found the secret in /proc or on disk");
+    let procs = env.ok(&["exec", "snoop", "sh", "-c", "ls -d /proc/[0-9]* | wc -l"]);
+    println!("bulkhead: the neighbour sees {} processes, none of the holder's", procs.trim());
+
     env.ok(&["rm", "-f", "holder", "snoop"]);
 
     shared_kernel_contrast(&env, &secret);
@@ -137,9 +141,16 @@ fn shared_kernel_contrast(env: &Env, secret: &str) {
             .output()
             .unwrap()
     };
-    let started = crun(&format!("crun run --detach -b {} {name}", bundle.display()));
+    // The detached container inherits no pipe of ours, or waiting for output would never end.
+    let errors = env.dir.path().join("crun.err");
+    let started = crun(&format!(
+        "crun run --detach -b {} {name} </dev/null >/dev/null 2>{}",
+        bundle.display(),
+        errors.display()
+    ));
     if !started.status.success() {
-        println!("crun: could not start ({}), contrast skipped", text(&started.stderr).trim());
+        let why = std::fs::read_to_string(&errors).unwrap_or_default();
+        println!("crun: could not start ({}), contrast skipped", why.trim());
         return;
     }
     let visible = Command::new("sh")
@@ -151,5 +162,5 @@ fn shared_kernel_contrast(env: &Env, secret: &str) {
         "shared kernel (crun): processes whose /proc environ shows the secret on the shared kernel: {}",
         text(&visible.stdout).trim()
     );
-    crun(&format!("crun kill {name} KILL; sleep 0.2; crun delete -f {name}"));
+    crun(&format!("crun kill {name} KILL; sleep 0.2; crun delete -f {name} </dev/null >/dev/null 2>&1"));
 }
