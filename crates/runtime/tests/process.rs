@@ -448,11 +448,14 @@ fn a_container_runs_execs_and_reports_like_docker() {
     );
     assert!(reply.unwrap_err().to_string().contains("/no/such/dir"));
 
-    // Killing the main process ends the container; later execs are refused.
+    // Killing the main process ends the container and the execs still in it; later execs are
+    // refused.
+    let straggler = g.start(26, process(&["sleep", "1000"])).unwrap();
     g.session.notify(Message::Signal { id: 1, signal: 9 }).unwrap();
     let out = g.wait(main);
     assert_eq!(out.status, ExitStatus::Signal(9));
-    let (code, message) = g.start(26, process(&["true"])).err().unwrap();
+    assert_eq!(g.wait(straggler).status, ExitStatus::Signal(9));
+    let (code, message) = g.start(27, process(&["true"])).err().unwrap();
     assert_eq!((code, message.as_str()), (125, "the container's main process has exited"));
     g.shutdown();
     assert!(qemus_under(f.dir.path()).is_empty());
@@ -514,4 +517,64 @@ fn fifty_megabytes_of_stdout_arrive_complete() {
     assert!(out.stdout.bytes().all(|b| b == 0));
     assert_eq!(out.stderr, "done\n");
     g.shutdown();
+}
+
+#[test]
+fn bad_requests_get_one_line_errors_and_the_guest_keeps_serving() {
+    let f = fixture("erofs");
+    let mut sandbox = Sandbox::boot(&f.config).unwrap();
+    let mut request = |message: Message| sandbox.request(message, REQUEST_TIMEOUT, "answer");
+
+    // Before setup: starts and copies are refused, notifications are ignored.
+    let reply = request(Message::Start { id: 1, process: process(&["true"]) }).unwrap();
+    assert!(matches!(reply, Message::StartFailed { id: 1, exit_code: 125, .. }), "{reply:?}");
+    let err = request(Message::CopyOut { stream: 3, path: "/etc".into() }).unwrap_err().to_string();
+    assert!(err.contains("setup has not been done"), "{err}");
+    let session = sandbox.session();
+    session.notify(Message::Signal { id: 99, signal: 9 }).unwrap();
+    session.notify(Message::Resize { id: 99, size: WindowSize { rows: 1, cols: 1 } }).unwrap();
+    session.notify(Message::Credit { stream: 12345, bytes: u32::MAX }).unwrap();
+
+    let mut request = |message: Message| sandbox.request(message, REQUEST_TIMEOUT, "answer");
+    for (spec, expected) in [
+        (
+            ContainerSpec { root_fstype: "btrfs".into(), ..container("erofs") },
+            "root filesystem type \"btrfs\"",
+        ),
+        (ContainerSpec { root_device: "/dev/null".into(), ..container("erofs") }, "is not a block device"),
+        (
+            ContainerSpec { root_device: "/etc/../dev/vda".into(), ..container("erofs") },
+            "is not a block device",
+        ),
+        (ContainerSpec { hostname: "a/b".into(), ..container("erofs") }, "hostname \"a/b\" is not valid"),
+        (ContainerSpec { tmpfs: vec!["relative".into()], ..container("erofs") }, "tmpfs \"relative\""),
+        (ContainerSpec { root_fstype: "ext4".into(), ..container("erofs") }, "mounting ext4 /dev/vda"),
+    ] {
+        let err = request(Message::Setup { container: spec }).unwrap_err().to_string();
+        assert!(err.contains(expected), "{err} lacks {expected}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+    // The failed mount left nothing behind that stops a good setup.
+    assert_eq!(request(Message::Setup { container: container("erofs") }).unwrap(), Message::SetupDone);
+    let err = request(Message::Setup { container: container("erofs") }).unwrap_err().to_string();
+    assert!(err.contains("already set up"), "{err}");
+
+    let start = |id, spec| Message::Start { id, process: spec };
+    let mut bad_rlimit = process(&["true"]);
+    bad_rlimit.rlimits = vec![bulkhead_proto::Rlimit { resource: "bogus".into(), soft: 1, hard: 1 }];
+    let mut nul = process(&["true"]);
+    nul.env = vec!["A=\0".into()];
+    let mut bad_group = process(&["true"]);
+    bad_group.user = "alice:nogroup".into();
+    for (spec, code) in [(bad_rlimit, 125), (nul, 125), (bad_group, 125), (process(&[""]), 127)] {
+        let reply = request(start(5, spec)).unwrap();
+        assert!(
+            matches!(reply, Message::StartFailed { id: 5, exit_code, .. } if exit_code == code),
+            "{reply:?}"
+        );
+    }
+    let err = request(Message::CopyOut { stream: 7, path: "/nothing/here".into() }).unwrap_err().to_string();
+    assert!(err.contains("/nothing/here"), "{err}");
+    sandbox.ping().unwrap();
+    sandbox.shutdown(Duration::from_secs(60)).unwrap();
 }
