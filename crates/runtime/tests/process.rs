@@ -493,7 +493,10 @@ fn read_only_root_allows_writes_only_to_tmpfs() {
     spec.tmpfs = vec!["/scratch".into(), "/run:size=1m".into()];
     spec.rw_device = None;
     let mut g = Guest::boot(&f.config, spec);
-    let main = g.start(1, process(&["sleep", "1000"])).unwrap();
+    // The main process on a terminal, as `docker run -t`.
+    let mut main_spec = process(&["sh", "-c", "tty; exec sleep 1000"]);
+    main_spec.tty = Some(WindowSize { rows: 10, cols: 20 });
+    let main = g.start(1, main_spec).unwrap();
     let out = g.sh(2, "touch /x");
     assert_ne!(out.status, ExitStatus::Code(0));
     assert!(out.stderr.contains("Read-only file system"), "{out:?}");
@@ -502,7 +505,8 @@ fn read_only_root_allows_writes_only_to_tmpfs() {
     let out = g.sh(4, "echo 1.2.3.4 other >> /etc/hosts && echo ok");
     assert_eq!(out.stdout, "ok\n");
     g.session.notify(Message::Signal { id: 1, signal: 9 }).unwrap();
-    assert_eq!(g.wait(main).status, ExitStatus::Signal(9));
+    let out = g.wait(main);
+    assert_eq!((out.stdout.as_str(), out.status), ("/dev/pts/0\r\n", ExitStatus::Signal(9)));
     g.shutdown();
 }
 
