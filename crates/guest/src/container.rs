@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -116,6 +116,11 @@ impl Container {
         let streams = stdio::create(&self.rootfs, id, spec)
             .map_err(|e| StartFailure::other(format!("creating the standard streams: {e}")))?;
         let Streams { child, input, outputs, master } = streams;
+        if spec.tty.is_some() {
+            // The process owns its terminal, as it would after a login.
+            nix::unistd::fchown(child[0].as_raw_fd(), Some(user.uid.into()), None)
+                .map_err(|e| StartFailure::other(format!("giving the terminal to uid {}: {e}", user.uid)))?;
+        }
         let [stdin, stdout, stderr] = child;
 
         let is_main = matches!(self.main, Main::NotStarted);

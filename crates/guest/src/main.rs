@@ -1,9 +1,13 @@
 //! `bulkhead-guest`: PID 1 of every bulkhead VM.
 //!
-//! It mounts the filesystems a Linux userspace expects, opens the agent port, answers the host's
-//! handshake with its boot timestamps, and serves requests until told to shut down. It never
-//! exits: PID 1 exiting panics the kernel. On any failure it prints why on the console and powers
-//! the VM off, so a broken guest ends its VM instead of hanging it.
+//! It moves off the initramfs onto a tmpfs root, mounts the filesystems a Linux userspace
+//! expects, opens the agent port, answers the host's handshake with its boot timestamps, and
+//! serves requests until told to shut down: `Setup` mounts the container's root filesystem
+//! ([`rootfs`]), `Start` runs a process in the container's namespaces ([`container`],
+//! [`spawn`]) with its stdio streamed under flow control ([`stdio`], [`port`]), and the reaper
+//! hands exit statuses to the processes' supervisors ([`reaper`]). It never exits: PID 1
+//! exiting panics the kernel. On any failure it prints why on the console and powers the VM
+//! off, so a broken guest ends its VM instead of hanging it.
 
 mod agent;
 mod container;
