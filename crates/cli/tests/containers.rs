@@ -32,6 +32,10 @@ fn run_returns_the_exit_code() {
     let out = env.run(&["run", "--rm", "busybox", "sh", "-c", "echo out; echo err >&2"]);
     assert_eq!((text(&out.stdout), text(&out.stderr)), ("out\n".into(), "err\n".into()));
     assert_eq!(env.ok(&["ps", "-a", "-q"]), "", "--rm left containers behind");
+    // Once `run` returns, the container is exited: it can be removed at once.
+    env.ok(&["run", "--name", "done", "busybox", "true"]);
+    assert!(env.ok(&["ps", "-a"]).contains("Exited (0)"));
+    env.ok(&["rm", "done"]);
     assert!(env.processes().is_empty(), "left running: {:?}", env.processes());
 }
 

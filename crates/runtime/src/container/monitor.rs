@@ -106,6 +106,15 @@ pub fn run(paths: &Paths, id: &str, wait_attach: bool, mut ready: Box<dyn Write 
                 Error::StartFailed { exit_code, message } => (message.clone(), *exit_code),
                 other => (other.to_string(), 125),
             };
+            record(&shared, |state| {
+                state.status =
+                    if matches!(e, Error::StartFailed { .. }) { Status::Created } else { Status::Exited };
+                state.exit_code = Some(exit_code);
+                state.error = Some(message.clone());
+                state.monitor_pid = None;
+                state.vm_pid = None;
+                state.finished_at = Some(now_rfc3339());
+            });
             if let Some(mut ready) = ready.take() {
                 let _ = control::write_line(
                     &mut ready,
@@ -116,15 +125,6 @@ pub fn run(paths: &Paths, id: &str, wait_attach: bool, mut ready: Box<dyn Write 
                 &shared,
                 &Frame::Message(Message::StartFailed { id: MAIN, exit_code, message: message.clone() }),
             );
-            record(&shared, |state| {
-                state.status =
-                    if matches!(e, Error::StartFailed { .. }) { Status::Created } else { Status::Exited };
-                state.exit_code = Some(exit_code);
-                state.error = Some(message.clone());
-                state.monitor_pid = None;
-                state.vm_pid = None;
-                state.finished_at = Some(now_rfc3339());
-            });
             finish(&shared, exit_code);
             1
         }
@@ -292,10 +292,6 @@ fn supervise(
         shared.main_stdin.store(false, Ordering::SeqCst);
         *lock(&shared.session) = None;
         let code = status.map_or(137, ExitStatus::code);
-        broadcast_end(
-            shared,
-            &Frame::Message(Message::Exited { id: MAIN, status: status.unwrap_or(ExitStatus::Signal(9)) }),
-        );
         let _ = sandbox.shutdown(Duration::from_secs(10));
         shared.vm_pid.store(0, Ordering::SeqCst);
 
@@ -313,6 +309,12 @@ fn supervise(
                 state.monitor_pid = None;
             }
         });
+        // Attached clients hear of the exit only once the record says so, so a command that
+        // follows theirs (`rm`, `ps`) sees the container exited.
+        broadcast_end(
+            shared,
+            &Frame::Message(Message::Exited { id: MAIN, status: status.unwrap_or(ExitStatus::Signal(9)) }),
+        );
         finish(shared, code);
         if !again {
             return Ok(0);
