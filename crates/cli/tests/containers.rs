@@ -195,7 +195,7 @@ fn detached_lifecycle_logs_exec_top_stats_cp_stop_rm() {
     assert_eq!(code(&env.run(&["exec", "web", "nope"])), 127);
     // The exec joins the main process's pid namespace, where the main process (sh, which execs
     // its last command) is PID 1.
-    assert!(env.ok(&["exec", "web", "cat", "/proc/1/cmdline"]).starts_with("sleep\01000"));
+    assert!(env.ok(&["exec", "web", "cat", "/proc/1/cmdline"]).starts_with("sleep\x001000"));
 
     let top = env.ok(&["top", "web"]);
     assert!(top.contains("sleep 1000"), "{top}");
@@ -311,6 +311,7 @@ fn concurrent_starts_start_once_and_rm_f_leaves_nothing() {
     assert!(env.processes().is_empty(), "{:?}", env.processes());
     assert_eq!(env.ok(&["ps", "-a", "-q"]), "");
     env.ok(&["run", "-d", "busybox", "true"]);
-    env.ok(&["wait", &env.ok(&["ps", "-a", "-q"]).trim().to_owned()]);
+    let last = env.ok(&["ps", "-a", "-q"]);
+    env.ok(&["wait", last.trim()]);
     assert_eq!(env.ok(&["container", "prune"]).lines().count(), 1);
 }
