@@ -7,6 +7,9 @@
 
 mod agent;
 mod mounts;
+// Called from the Setup handler as `net::configure(spec.network.as_ref())`.
+#[allow(dead_code)]
+mod net;
 mod power;
 mod reaper;
 

@@ -179,6 +179,7 @@ fn supervise(
         run_dir: vm_dir,
         console_log: shared.containers.dir(&id).join("console.log"),
         ready_timeout: Duration::from_secs(60),
+        net: None,
     };
     let container_spec = ContainerSpec {
         hostname: shared.config.hostname.clone(),
@@ -192,6 +193,7 @@ fn supervise(
             shared.config.hostname
         ),
         resolv_conf: std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        network: None,
     };
 
     let mut first = true;
