@@ -68,6 +68,7 @@ pub struct Launch {
 impl Container {
     /// Mounts the root filesystem and starts the spawner.
     pub fn setup(spec: &ContainerSpec) -> Result<Container, String> {
+        crate::net::configure(spec.network.as_ref()).map_err(|e| e.to_string())?;
         let rootfs = rootfs::setup(spec).map_err(|e: SetupError| e.to_string())?;
         let spawner = Spawner::start().map_err(|e| e.to_string())?;
         Ok(Container { rootfs, spawner, main: Main::NotStarted, processes: Arc::default() })

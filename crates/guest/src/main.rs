@@ -14,6 +14,7 @@ mod container;
 mod copy;
 mod lookup;
 mod mounts;
+mod net;
 mod port;
 mod power;
 mod reaper;

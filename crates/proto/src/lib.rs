@@ -25,6 +25,7 @@
 
 mod frame;
 mod message;
+mod network;
 
 pub use frame::{decode, encode, Frame, FrameError, FrameReader, HEADER_LEN, MAX_FRAME_LEN};
 pub use message::{
@@ -32,3 +33,4 @@ pub use message::{
     ProcessSpec, Rlimit, Stdio, VersionMismatch, WindowSize, AGENT_PORT_NAME, INITIAL_CREDIT,
     PROTOCOL_VERSION,
 };
+pub use network::NetworkSpec;

@@ -150,6 +150,9 @@ pub struct ContainerSpec {
     /// Contents for `/etc/hosts` and `/etc/resolv.conf` inside the container.
     pub hosts: String,
     pub resolv_conf: String,
+    /// The network interface; `None` is `--network none` (only `lo`).
+    #[serde(default)]
+    pub network: Option<crate::NetworkSpec>,
 }
 
 /// How to run one process.

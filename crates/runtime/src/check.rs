@@ -119,6 +119,7 @@ pub fn run(paths: &Paths, options: &CheckOptions, mut progress: impl FnMut(&Step
         run_dir: run_dir.clone(),
         console_log: console_log.clone(),
         ready_timeout: options.ready_timeout,
+        net: None,
     };
     let booted = Sandbox::boot(&config);
     let sandbox_ok = match booted {

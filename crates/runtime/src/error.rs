@@ -7,6 +7,8 @@ pub enum Error {
     Vm(#[from] bulkhead_vmm::Error),
     #[error(transparent)]
     Image(#[from] bulkhead_image::Error),
+    #[error(transparent)]
+    Net(#[from] bulkhead_net::Error),
     #[error("guest init binary not found (looked in {searched}); build it with scripts/build-guest or set BULKHEAD_GUEST")]
     GuestMissing { searched: String },
     #[error("{what} {path}: {source}")]

@@ -6,6 +6,7 @@ pub mod container;
 mod error;
 pub mod guest;
 pub mod host;
+pub mod network;
 pub mod paths;
 pub mod sandbox;
 pub mod session;

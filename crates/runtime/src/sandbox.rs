@@ -33,6 +33,8 @@ pub struct SandboxConfig {
     pub console_log: PathBuf,
     /// How long the guest may take from QEMU's start to the agent's `Ready`.
     pub ready_timeout: Duration,
+    /// The network card, if any.
+    pub net: Option<bulkhead_vmm::NetDevice>,
 }
 
 /// Where a boot's time went.
@@ -75,6 +77,7 @@ impl Sandbox {
             accel: config.accel,
             run_dir: config.run_dir.clone(),
             console_log: config.console_log.clone(),
+            net: config.net.clone(),
         })?;
         let clone = |vm: &Vm| {
             vm.agent().try_clone().map_err(|e| Error::Agent(format!("cloning the agent socket: {e}")))

@@ -41,6 +41,7 @@ fn fixture() -> Fixture {
         console_log: run_dir.join("console.log"),
         run_dir,
         ready_timeout: Duration::from_secs(60),
+        net: None,
     };
     Fixture { dir, config }
 }

@@ -28,6 +28,8 @@ pub struct VmConfig {
     pub run_dir: PathBuf,
     /// Where the guest's serial console is written.
     pub console_log: PathBuf,
+    /// The network card, if any (`-nodefaults` gives the guest none otherwise).
+    pub net: Option<crate::NetDevice>,
 }
 
 /// Below this the kernel and init do not come up.
@@ -66,6 +68,9 @@ impl VmConfig {
             if disk.path.to_string_lossy().contains(',') {
                 return Err(InvalidConfig(format!("disk path {} contains a comma", disk.path.display())));
             }
+        }
+        if let Some(net) = &self.net {
+            net.validate()?;
         }
         for path in [&self.kernel, &self.run_dir, &self.console_log] {
             if path.to_string_lossy().contains(',') {

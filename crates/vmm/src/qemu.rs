@@ -102,6 +102,9 @@ pub(crate) fn args(config: &VmConfig, qmp_socket: &Path, agent_socket: &Path) ->
         ]);
         push(&["-device", &format!("virtio-blk-device,drive=disk{index}")]);
     }
+    if let Some(net) = &config.net {
+        args.extend(net.args().into_iter().map(OsString::from));
+    }
     args
 }
 
@@ -129,6 +132,7 @@ mod tests {
             accel: Accel::Tcg,
             run_dir: "/r".into(),
             console_log: "/r/console.log".into(),
+            net: None,
         };
         let args: Vec<String> = args(&config, Path::new("/r/qmp.sock"), Path::new("/r/agent.sock"))
             .into_iter()

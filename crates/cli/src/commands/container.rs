@@ -73,6 +73,8 @@ pub struct CreateArgs {
     /// Restart policy: no, on-failure[:N], always, unless-stopped.
     #[arg(long, default_value = "no")]
     pub restart: String,
+    #[command(flatten)]
+    pub net: super::network::NetworkArgs,
     pub image: String,
     /// The command and its arguments (replaces the image's Cmd).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -436,6 +438,7 @@ fn create_options(args: &CreateArgs) -> anyhow::Result<CreateOptions> {
             .parse::<bulkhead_vmm::AccelRequest>()
             .map(|_| args.accel.clone())
             .map_err(anyhow::Error::msg)?,
+        network: args.net.options(),
     })
 }
 

@@ -4,6 +4,7 @@ mod container;
 mod host;
 mod image;
 mod kernel;
+mod network;
 mod output;
 
 use std::process::ExitCode;
@@ -24,6 +25,8 @@ pub enum Command {
     Image(image::ImageVerb),
     #[command(flatten)]
     Container(container::ContainerVerb),
+    /// Manage networks.
+    Network(network::NetworkCommand),
 }
 
 pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
@@ -33,5 +36,6 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Kernel(cmd) => kernel::run(cli, cmd),
         Command::Image(verb) => image::run(cli, verb),
         Command::Container(verb) => container::run(cli, verb),
+        Command::Network(command) => network::run(cli, command),
     }
 }

@@ -40,6 +40,8 @@ impl Env {
         cmd.env("BULKHEAD_ROOT", self.root())
             .env("BULKHEAD_RUN_ROOT", self.dir.path().join("run"))
             .env("BULKHEAD_GUEST", env_path("BULKHEAD_GUEST"))
+            // Containers stay off the host's interfaces unless a test asks for a network.
+            .env("BULKHEAD_NETWORK", "none")
             .env_remove("RUST_LOG")
             .stdin(Stdio::null());
         cmd

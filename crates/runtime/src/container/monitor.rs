@@ -164,6 +164,8 @@ fn supervise(
     let request = shared.config.accel.parse::<AccelRequest>().map_err(Error::Invalid)?;
     let accel = choose_accel(request, &HostFacts::probe())?;
     let rw_disk = shared.containers.dir(&id).join("rw.img");
+    // Lives as long as the monitor: the TAP device and the published ports outlast restarts.
+    let net = crate::network::up(paths, &id, &shared.config)?;
     let sandbox_config = SandboxConfig {
         qemu: None,
         kernel: shared.config.kernel_path.clone(),
@@ -179,6 +181,7 @@ fn supervise(
         run_dir: vm_dir,
         console_log: shared.containers.dir(&id).join("console.log"),
         ready_timeout: Duration::from_secs(60),
+        net: net.device.clone(),
     };
     let container_spec = ContainerSpec {
         hostname: shared.config.hostname.clone(),
@@ -187,11 +190,9 @@ fn supervise(
         rw_device: Some("/dev/vdb".into()),
         read_only: shared.config.read_only,
         tmpfs: shared.config.tmpfs.clone(),
-        hosts: format!(
-            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
-            shared.config.hostname
-        ),
-        resolv_conf: std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        hosts: net.hosts.clone(),
+        resolv_conf: net.resolv_conf.clone(),
+        network: net.spec.clone(),
     };
 
     // Claim the container at once, so a concurrent `start` sees it taken while the VM boots.

@@ -43,6 +43,8 @@ pub struct CreateOptions {
     pub stdin: bool,
     /// `auto`, `kvm` or `tcg`.
     pub accel: String,
+    /// `--network`, `-p`, `-P`, `--dns`, `--add-host`.
+    pub network: crate::network::NetworkOptions,
 }
 
 /// Size of each container's writable layer (a sparse file; only what is written uses space).
@@ -85,6 +87,7 @@ pub fn create(paths: &Paths, options: &CreateOptions) -> Result<ContainerConfig,
     if !cwd.starts_with('/') {
         return Err(Error::Invalid(format!("the working directory {cwd:?} is not an absolute path")));
     }
+    let network = crate::network::create(paths, &options.network, &id, &image.config.exposed_ports)?;
     let config = ContainerConfig {
         id: id.clone(),
         name,
@@ -112,9 +115,13 @@ pub fn create(paths: &Paths, options: &CreateOptions) -> Result<ContainerConfig,
         tmpfs: options.tmpfs.clone(),
         restart: options.restart,
         auto_remove: options.auto_remove,
+        network,
     };
-    let template = rw_template(paths)?;
-    Containers::new(paths).create(&config, &|dir| copy_sparse(&template, &dir.join("rw.img")))?;
+    let release = |_: &Error| crate::network::release(paths, &config.id, &config.network);
+    let template = rw_template(paths).inspect_err(release)?;
+    Containers::new(paths)
+        .create(&config, &|dir| copy_sparse(&template, &dir.join("rw.img")))
+        .inspect_err(release)?;
     Ok(config)
 }
 
@@ -394,6 +401,7 @@ pub fn remove(paths: &Paths, name: &str, force: bool) -> Result<String, Error> {
     if running {
         kill_monitor(&containers, &id, &container);
     }
+    crate::network::release(paths, &id, &container.config.network);
     containers.remove(&id)?;
     Ok(id)
 }
@@ -498,6 +506,7 @@ pub fn inspect(paths: &Paths, name: &str) -> Result<serde_json::Value, Error> {
             "ConsoleLog": containers.dir(&id).join("console.log"),
         },
         "StartPhases": state.phases,
+        "NetworkSettings": crate::network::inspect(paths, &id, &config.network),
     }))
 }
 

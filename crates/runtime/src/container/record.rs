@@ -32,6 +32,9 @@ pub struct ContainerConfig {
     pub restart: RestartPolicy,
     /// `--rm`: remove the container when it exits.
     pub auto_remove: bool,
+    /// `--network`, `-p`, `--dns`, `--add-host`, and the leased address.
+    #[serde(default)]
+    pub network: bulkhead_net::ContainerNetwork,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
