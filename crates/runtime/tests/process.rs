@@ -123,6 +123,7 @@ fn fixture(fstype: &str) -> Fixture {
         console_log: run_dir.join("console.log"),
         run_dir,
         ready_timeout: Duration::from_secs(120),
+        net: None,
     };
     Fixture { dir, config }
 }
@@ -137,6 +138,7 @@ fn container(fstype: &str) -> ContainerSpec {
         tmpfs: Vec::new(),
         hosts: "127.0.0.1\tlocalhost\n10.0.0.2\tbox1\n".into(),
         resolv_conf: "nameserver 10.0.0.1\n".into(),
+        network: None,
     }
 }
 
