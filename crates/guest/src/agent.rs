@@ -52,20 +52,29 @@ pub fn serve(port: File, boot: BootTimes) -> Result<(), Error> {
     let port_out = Arc::new(Port::new(writer));
     let mut reader = FrameReader::new(port);
 
-    match reader.read_frame()?.ok_or(Error::HostGone)? {
-        Frame::Message(Message::Hello { version, unix_time_ns }) => {
-            if let Err(mismatch) = check_version(version) {
-                port_out.message(Message::Error { message: mismatch.to_string() })?;
-                return Err(mismatch.into());
+    // Pings may come before the handshake: the host probes a VM it is about to save as a
+    // template, whose first Hello then comes from whichever host restores it.
+    loop {
+        match reader.read_frame()?.ok_or(Error::HostGone)? {
+            Frame::Message(Message::Ping { seq }) => port_out.message(Message::Pong { seq })?,
+            Frame::Message(Message::Hello { version, unix_time_ns, entropy }) => {
+                if let Err(mismatch) = check_version(version) {
+                    port_out.message(Message::Error { message: mismatch.to_string() })?;
+                    return Err(mismatch.into());
+                }
+                // Re-identification, for a VM restored from a template as much as a fresh one:
+                // randomness the template never saw, and the host's clock.
+                crate::identity::reseed(&entropy);
+                set_clock(unix_time_ns);
+                port_out.message(Message::Ready {
+                    version: PROTOCOL_VERSION,
+                    agent_version: env!("CARGO_PKG_VERSION").into(),
+                    boot,
+                })?;
+                break;
             }
-            set_clock(unix_time_ns);
-            port_out.message(Message::Ready {
-                version: PROTOCOL_VERSION,
-                agent_version: env!("CARGO_PKG_VERSION").into(),
-                boot,
-            })?;
+            other => return Err(Error::NoHandshake(describe(&other))),
         }
-        other => return Err(Error::NoHandshake(describe(&other))),
     }
 
     let mut agent = Agent {

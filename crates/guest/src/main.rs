@@ -12,6 +12,7 @@
 mod agent;
 mod container;
 mod copy;
+mod identity;
 mod lookup;
 mod mounts;
 mod net;

@@ -41,7 +41,17 @@ pub fn configure(spec: Option<&NetworkSpec>) -> Result<(), Error> {
     let sock = socket()?;
     set_up(&sock, "lo")?;
     if let Some(spec) = spec {
-        let ifname = find_by_mac(Path::new("/sys/class/net"), &spec.mac)?;
+        let class = Path::new("/sys/class/net");
+        let ifname = match find_by_mac(class, &spec.mac) {
+            Ok(ifname) => ifname,
+            // A VM restored from a template has the template's MAC on its card: the card is the
+            // only one there is, and it takes the container's MAC here (re-identification).
+            Err(not_found) => {
+                let ifname = only_nic(class).ok_or(not_found)?;
+                set_mac(&sock, &ifname, &spec.mac)?;
+                ifname
+            }
+        };
         configure_interface(&sock, &ifname, spec)?;
     }
     Ok(())
@@ -140,6 +150,37 @@ pub fn find_by_mac(class: &Path, mac: &str) -> Result<String, Error> {
     }
     found.sort();
     Err(Error::NoInterface { mac: mac.into(), found: found.join(", ") })
+}
+
+/// The single interface other than `lo`, if there is exactly one.
+fn only_nic(class: &Path) -> Option<String> {
+    let names: Vec<String> = std::fs::read_dir(class)
+        .ok()?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name != "lo")
+        .collect();
+    match names.as_slice() {
+        [one] => Some(one.clone()),
+        _ => None,
+    }
+}
+
+/// Sets the hardware address of `ifname` (which is down).
+fn set_mac(sock: &OwnedFd, ifname: &str, mac: &str) -> Result<(), Error> {
+    let bytes: Vec<u8> = mac.split(':').filter_map(|b| u8::from_str_radix(b, 16).ok()).collect();
+    if bytes.len() != 6 {
+        return Err(Error::Invalid(format!("MAC address {mac:?}")));
+    }
+    let mut req = ifreq(ifname)?;
+    // SAFETY: writing the sockaddr member of the ifreq union, which is plain old data.
+    unsafe {
+        req.ifr_ifru.ifru_hwaddr.sa_family = libc::ARPHRD_ETHER;
+        for (slot, byte) in req.ifr_ifru.ifru_hwaddr.sa_data.iter_mut().zip(&bytes) {
+            *slot = libc::c_char::from_ne_bytes([*byte]);
+        }
+    }
+    ioctl(sock, libc::SIOCSIFHWADDR, &mut req, ifname, format!("setting MAC address {mac}"))
 }
 
 fn ifreq(ifname: &str) -> Result<libc::ifreq, Error> {

@@ -156,6 +156,14 @@ pub fn setup(spec: &ContainerSpec) -> Result<Rootfs, SetupError> {
     for dir in [&lower, &rw, &etc, &ROOTFS.to_owned()] {
         create_dir(dir)?;
     }
+    // A VM restored from a template may hold blocks it read from placeholder disks.
+    for device in std::iter::once(&spec.root_device).chain(spec.rw_device.as_ref()) {
+        crate::identity::forget_block_cache(device).map_err(|source| SetupError::Io {
+            what: "dropping the block cache of",
+            path: device.into(),
+            source,
+        })?;
+    }
     mount_at(&spec.root_device, &lower, fstype, MsFlags::MS_RDONLY, None)?;
     match &spec.rw_device {
         // The host makes the layer with uninitialised inode tables (mkfs is instant that way);

@@ -27,6 +27,10 @@ pub enum Message {
         version: u32,
         /// Host wall-clock time, so the guest starts with a correct clock.
         unix_time_ns: u64,
+        /// Fresh randomness from the host, mixed into the guest's RNG (and credited) before
+        /// anything else runs: a VM restored from a template must not reuse the template's.
+        #[serde(default)]
+        entropy: Vec<u8>,
     },
     /// Guest → host, the answer to `Hello`.
     Ready {

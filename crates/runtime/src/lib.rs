@@ -10,6 +10,7 @@ pub mod network;
 pub mod paths;
 pub mod sandbox;
 pub mod session;
+pub mod template;
 
 pub use error::Error;
 pub use paths::Paths;

@@ -3,7 +3,7 @@
 //! This is the layer containers are built on: boot the VM, shake hands with the agent (which
 //! reports its boot timestamps), then exchange requests until a graceful shutdown or a hard stop.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -38,7 +38,7 @@ pub struct SandboxConfig {
 }
 
 /// Where a boot's time went.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Default)]
 pub struct BootPhases {
     /// Spawning QEMU until its monitor answered.
     pub vm_process_ms: f64,
@@ -46,8 +46,20 @@ pub struct BootPhases {
     pub kernel_to_init_ms: f64,
     /// Init start until the agent was ready to answer (the guest's own clock).
     pub init_to_ready_ms: f64,
+    /// For a VM restored from a template: spawning QEMU until the state was loaded.
+    pub restore_ms: Option<f64>,
     /// Spawning QEMU until the host had the agent's `Ready`: what a user waits for.
     pub boot_to_ready_ms: f64,
+}
+
+/// 64 bytes from the host's RNG for the guest's `Hello`.
+fn fresh_entropy() -> Result<Vec<u8>, Error> {
+    use std::io::Read;
+    let mut bytes = vec![0u8; 64];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(Error::io("reading", "/dev/urandom"))?;
+    Ok(bytes)
 }
 
 /// A booted VM with a live agent session.
@@ -66,6 +78,34 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 impl Sandbox {
     /// Boots the VM and completes the handshake.
     pub fn boot(config: &SandboxConfig) -> Result<Sandbox, Error> {
+        let mut sandbox = Sandbox::launch(config, None)?;
+        sandbox.handshake(config.ready_timeout)?;
+        Ok(sandbox)
+    }
+
+    /// Starts a VM from a template's saved state (see [`crate::template`]) and completes the
+    /// handshake, which makes the restored guest its own machine.
+    pub fn restore(config: &SandboxConfig, state: &Path) -> Result<Sandbox, Error> {
+        let mut sandbox = Sandbox::launch(config, Some(state.to_owned()))?;
+        sandbox.handshake(config.ready_timeout)?;
+        Ok(sandbox)
+    }
+
+    /// Boots a VM for a template: no handshake, only proof (a ping) that the init waits for it.
+    pub(crate) fn boot_unintroduced(config: &SandboxConfig) -> Result<Sandbox, Error> {
+        let mut sandbox = Sandbox::launch(config, None)?;
+        let remaining = config.ready_timeout.saturating_sub(sandbox.vm.spawned_at().elapsed());
+        match sandbox.request(
+            Message::Ping { seq: 0 },
+            remaining.max(Duration::from_millis(1)),
+            "answer a ping",
+        )? {
+            Message::Pong { seq: 0 } => Ok(sandbox),
+            other => Err(Error::Agent(format!("expected pong, the guest sent {}", other.kind()))),
+        }
+    }
+
+    fn launch(config: &SandboxConfig, incoming: Option<PathBuf>) -> Result<Sandbox, Error> {
         let vm = Vm::start(&VmConfig {
             qemu: config.qemu.clone(),
             kernel: config.kernel.clone(),
@@ -78,41 +118,43 @@ impl Sandbox {
             run_dir: config.run_dir.clone(),
             console_log: config.console_log.clone(),
             net: config.net.clone(),
+            incoming,
         })?;
         let clone = |vm: &Vm| {
             vm.agent().try_clone().map_err(|e| Error::Agent(format!("cloning the agent socket: {e}")))
         };
         let (session, events) = Session::start(FrameReader::new(clone(&vm)?), clone(&vm)?)?;
-        let mut sandbox = Sandbox {
+        Ok(Sandbox {
             vm,
             session: Arc::new(session),
             events: Some(events),
-            phases: BootPhases {
-                vm_process_ms: 0.0,
-                kernel_to_init_ms: 0.0,
-                init_to_ready_ms: 0.0,
-                boot_to_ready_ms: 0.0,
-            },
+            phases: BootPhases::default(),
             agent_version: String::new(),
             next_seq: 1,
-        };
-        sandbox.handshake(config.ready_timeout)?;
-        Ok(sandbox)
+        })
     }
 
     fn handshake(&mut self, timeout: Duration) -> Result<(), Error> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let unix_time_ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
         let remaining = timeout.saturating_sub(self.vm.spawned_at().elapsed()).max(Duration::from_millis(1));
-        let hello = Message::Hello { version: PROTOCOL_VERSION, unix_time_ns };
+        let hello = Message::Hello { version: PROTOCOL_VERSION, unix_time_ns, entropy: fresh_entropy()? };
         match self.request(hello, remaining, "report ready")? {
             Message::Ready { version, agent_version, boot } => {
                 check_version(version).map_err(|e| Error::Agent(e.to_string()))?;
                 let ms = |ns: u64| Duration::from_nanos(ns).as_secs_f64() * 1e3;
+                let times = self.vm.times();
+                // A restored guest reports the template's boot, which this start did not pay.
+                let booted = times.restore.is_none();
                 self.phases = BootPhases {
-                    vm_process_ms: self.vm.times().process_start.as_secs_f64() * 1e3,
-                    kernel_to_init_ms: ms(boot.init_start_ns),
-                    init_to_ready_ms: ms(boot.ready_ns.saturating_sub(boot.init_start_ns)),
+                    vm_process_ms: times.process_start.as_secs_f64() * 1e3,
+                    kernel_to_init_ms: if booted { ms(boot.init_start_ns) } else { 0.0 },
+                    init_to_ready_ms: if booted {
+                        ms(boot.ready_ns.saturating_sub(boot.init_start_ns))
+                    } else {
+                        0.0
+                    },
+                    restore_ms: times.restore.map(|d| d.as_secs_f64() * 1e3),
                     boot_to_ready_ms: self.vm.spawned_at().elapsed().as_secs_f64() * 1e3,
                 };
                 self.agent_version = clip(&agent_version.chars().take(64).collect::<String>());

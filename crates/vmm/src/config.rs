@@ -30,6 +30,9 @@ pub struct VmConfig {
     pub console_log: PathBuf,
     /// The network card, if any (`-nodefaults` gives the guest none otherwise).
     pub net: Option<crate::NetDevice>,
+    /// Restore the VM from this saved state (see [`crate::Vm::save`]) instead of booting it.
+    /// The rest of the configuration must describe the same machine the state was saved from.
+    pub incoming: Option<PathBuf>,
 }
 
 /// Below this the kernel and init do not come up.

@@ -102,11 +102,19 @@ pub(crate) fn args(config: &VmConfig, qmp_socket: &Path, agent_socket: &Path) ->
         ]);
         push(&["-device", &format!("virtio-blk-device,drive=disk{index}")]);
     }
+    if config.incoming.is_some() {
+        // The state arrives on the descriptor Vm::start places at this number.
+        args.extend(["-incoming", INCOMING_FD_ARG].map(OsString::from));
+    }
     if let Some(net) = &config.net {
         args.extend(net.args().into_iter().map(OsString::from));
     }
     args
 }
+
+/// The file descriptor number a restored VM reads its saved state from.
+pub(crate) const INCOMING_FD: i32 = 3;
+const INCOMING_FD_ARG: &str = "fd:3";
 
 /// The virtio-serial port name the guest looks for; must match `bulkhead_proto::AGENT_PORT_NAME`.
 pub(crate) const AGENT_PORT: &str = "bulkhead.agent";
@@ -133,6 +141,7 @@ mod tests {
             run_dir: "/r".into(),
             console_log: "/r/console.log".into(),
             net: None,
+            incoming: None,
         };
         let args: Vec<String> = args(&config, Path::new("/r/qmp.sock"), Path::new("/r/agent.sock"))
             .into_iter()

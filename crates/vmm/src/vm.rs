@@ -16,14 +16,18 @@ use crate::{check_kernel, find_qemu, qemu, Error, VmConfig};
 
 /// How long QEMU may take to open its sockets after it starts.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long loading or saving a VM's state may take.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long QEMU may take to act on `quit` before it is killed.
 const QUIT_GRACE: Duration = Duration::from_secs(2);
 
 /// Host-side timings of a start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StartTimes {
     /// From spawning QEMU until its monitor answered: the VM process is up.
     pub process_start: Duration,
+    /// For a restored VM: from spawning QEMU until the saved state was loaded and running.
+    pub restore: Option<Duration>,
 }
 
 /// One running VM. Dropping it kills QEMU (if still running) and removes its sockets.
@@ -82,9 +86,19 @@ impl Vm {
             // Out of the caller's process group: a Ctrl-C on the terminal reaches the caller,
             // which tears the VM down in order, instead of killing QEMU under it.
             .process_group(0);
+        let incoming = match &config.incoming {
+            Some(path) => Some(
+                File::open(path)
+                    .map_err(Error::io("opening saved state", path))
+                    .inspect_err(|_| remove_files())?,
+            ),
+            None => None,
+        };
+        let incoming_fd = incoming.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
         let parent = std::process::id();
         // SAFETY: the closure runs in the forked child before exec and only makes the
-        // async-signal-safe calls prctl(2) and getppid(2); it allocates nothing and takes no lock.
+        // async-signal-safe calls prctl(2), getppid(2) and dup2(2); it allocates nothing and takes
+        // no lock. `incoming_fd` stays open in the parent (`incoming`) until after the spawn.
         unsafe {
             command.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
@@ -93,6 +107,13 @@ impl Vm {
                 // The parent may have died between fork and prctl; then nobody would kill us.
                 if u32::try_from(libc::getppid()).ok() != Some(parent) {
                     return Err(std::io::Error::other("parent exited before QEMU started"));
+                }
+                // The saved state goes to the number `-incoming fd:N` names; dup2 also clears
+                // close-on-exec on the copy.
+                if let Some(fd) = incoming_fd {
+                    if libc::dup2(fd, qemu::INCOMING_FD) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -129,8 +150,101 @@ impl Vm {
                 })
             }
         };
-        let times = StartTimes { process_start: spawned_at.elapsed() };
-        Ok(Vm { process, qmp, agent, times })
+        drop(incoming);
+        let mut times = StartTimes { process_start: spawned_at.elapsed(), restore: None };
+        let mut vm = Vm { process, qmp, agent, times };
+        if config.incoming.is_some() {
+            vm.finish_restore()?;
+            times = vm.times;
+            times.restore = Some(spawned_at.elapsed());
+            vm.times = times;
+        }
+        Ok(vm)
+    }
+
+    /// Waits for the incoming state to load, then lets the restored VM run.
+    fn finish_restore(&mut self) -> Result<(), Error> {
+        let deadline = Instant::now() + RESTORE_TIMEOUT;
+        loop {
+            let status = match self.status() {
+                Ok(status) => status,
+                Err(e) => {
+                    return Err(match self.process.wait_timeout(Duration::from_secs(1))? {
+                        Some(status) => self.process.exited_error(status, "restoring the saved state"),
+                        None => e,
+                    })
+                }
+            };
+            match status.as_str() {
+                "inmigrate" => {}
+                "paused" | "postmigrate" | "prelaunch" => {
+                    self.qmp.execute("cont", None)?;
+                    return Ok(());
+                }
+                "running" => return Ok(()),
+                other => return Err(Error::Qmp(format!("restored VM is in state {other:?}"))),
+            }
+            if let Some(status) = self.try_wait()? {
+                return Err(self.process.exited_error(status, "restoring the saved state"));
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Timeout {
+                    stage: "restore the saved state",
+                    seconds: RESTORE_TIMEOUT.as_secs(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Saves the VM's complete state to `path` (written to a temporary file, synced, renamed)
+    /// and leaves the VM paused. A VM started with `incoming` set to that file resumes from it.
+    pub fn save(&mut self, path: &Path, scratch_dir: &Path) -> Result<u64, Error> {
+        use std::io::Write;
+        self.qmp.execute("stop", None)?;
+        let socket = scratch_dir.join("migrate.sock");
+        let listener = listen(&socket)?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut tmp =
+            tempfile::NamedTempFile::new_in(dir).map_err(Error::io("creating a temporary file in", dir))?;
+        let uri = format!("unix:{}", socket.display());
+        let started = self.qmp.execute("migrate", Some(serde_json::json!({ "uri": uri })));
+        let copied = started.and_then(|_| {
+            let mut stream = self.process.accept(&listener, &socket, "sending its state")?;
+            let _ = std::fs::remove_file(&socket);
+            std::io::copy(&mut stream, tmp.as_file_mut()).map_err(Error::io("saving state to", tmp.path()))
+        });
+        let _ = std::fs::remove_file(&socket);
+        let bytes = copied?;
+        let deadline = Instant::now() + RESTORE_TIMEOUT;
+        loop {
+            let info = self.qmp.execute("query-migrate", None)?;
+            match info.get("status").and_then(serde_json::Value::as_str) {
+                Some("completed") => break,
+                Some("failed") | Some("cancelled") => {
+                    let why = info
+                        .get("error-desc")
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or("no reason given");
+                    return Err(Error::Qmp(format!("saving the VM state failed: {why}")));
+                }
+                _ if Instant::now() > deadline => {
+                    return Err(Error::Timeout {
+                        stage: "finish saving its state",
+                        seconds: RESTORE_TIMEOUT.as_secs(),
+                    })
+                }
+                _ => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        tmp.as_file_mut().flush().map_err(Error::io("saving state to", tmp.path()))?;
+        tmp.as_file().sync_all().map_err(Error::io("syncing", tmp.path()))?;
+        tmp.persist(path).map_err(|e| Error::Io {
+            what: "installing saved state",
+            path: path.to_owned(),
+            source: e.error,
+        })?;
+        Ok(bytes)
     }
 
     /// The QEMU process id.

@@ -73,6 +73,9 @@ pub struct CreateArgs {
     /// Restart policy: no, on-failure[:N], always, unless-stopped.
     #[arg(long, default_value = "no")]
     pub restart: String,
+    /// Boot the VM cold instead of restoring it from a template.
+    #[arg(long)]
+    pub no_template: bool,
     #[command(flatten)]
     pub net: super::network::NetworkArgs,
     pub image: String,
@@ -210,6 +213,34 @@ pub enum ContainerCommand {
     Ls(PsArgs),
 }
 
+#[derive(Debug, Subcommand)]
+pub enum TemplateCommand {
+    /// Make the template a container with these settings would use, if it does not exist.
+    Warm {
+        #[arg(short, long, default_value = "256m")]
+        memory: String,
+        #[arg(long, default_value = "1")]
+        cpus: String,
+        #[arg(long)]
+        kernel: Option<String>,
+        /// The network kind of the containers it is for: bridge, none or user.
+        #[arg(long, env = "BULKHEAD_NETWORK", default_value = "bridge")]
+        network: String,
+    },
+    /// List templates.
+    Ls {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Remove templates by key (or unique key prefix).
+    Rm {
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Remove all templates (they are rebuilt on the next start).
+    Prune,
+}
+
 #[derive(Debug, Args)]
 pub struct MonitorArgs {
     pub id: String,
@@ -256,6 +287,9 @@ pub enum ContainerVerb {
     /// Manage containers.
     #[command(subcommand)]
     Container(ContainerCommand),
+    /// Manage VM templates (booted VMs saved once, restored for each container start).
+    #[command(subcommand)]
+    Template(TemplateCommand),
     /// Supervise one container (started by bulkhead itself).
     #[command(hide = true)]
     Monitor(MonitorArgs),
@@ -337,6 +371,7 @@ pub fn run(cli: &Cli, verb: &ContainerVerb) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         ContainerVerb::Container(ContainerCommand::Ls(args)) => ps(cli, args),
+        ContainerVerb::Template(command) => template(cli, command),
         ContainerVerb::Monitor(args) => {
             let code = bulkhead_runtime::container::monitor::run(
                 &paths,
@@ -431,6 +466,7 @@ fn create_options(args: &CreateArgs) -> anyhow::Result<CreateOptions> {
         tmpfs: args.tmpfs.clone(),
         restart: args.restart.parse::<RestartPolicy>()?,
         auto_remove: args.rm,
+        no_template: args.no_template,
         tty: args.tty,
         stdin: args.interactive,
         accel: args
@@ -602,6 +638,62 @@ fn cp(cli: &Cli, args: &CpArgs) -> anyhow::Result<ExitCode> {
             ops::copy_out(&cli.paths(), &name, &path, &PathBuf::from(&args.destination))?
         }
         _ => anyhow::bail!("cp needs exactly one CONTAINER:PATH argument and one host path"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn template(cli: &Cli, command: &TemplateCommand) -> anyhow::Result<ExitCode> {
+    use bulkhead_runtime::template;
+    let paths = cli.paths();
+    match command {
+        TemplateCommand::Warm { memory, cpus, kernel, network } => {
+            let t = ops::warm_template(
+                &paths,
+                spec::parse_memory(memory)?,
+                spec::parse_cpus(cpus)?,
+                kernel.as_deref(),
+                network,
+            )?;
+            println!("{}", t.key);
+        }
+        TemplateCommand::Ls { format } => {
+            let templates = template::list(&paths)?;
+            if *format == Format::Json {
+                println!("{}", serde_json::to_string_pretty(&templates)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let rows: Vec<Vec<String>> = templates
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.key.clone(),
+                        format!("{}MiB", t.meta.memory_mib),
+                        t.meta.vcpus.to_string(),
+                        t.meta.accel.clone(),
+                        t.meta.net.clone(),
+                        t.meta.kernel_digest.get(7..19).unwrap_or("").to_owned(),
+                        super::output::human_size(t.bytes),
+                        t.created.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(&["KEY", "MEMORY", "VCPUS", "ACCEL", "NET", "KERNEL", "SIZE", "CREATED"], &rows)
+            );
+        }
+        TemplateCommand::Rm { keys } => {
+            for key in keys {
+                for removed in template::remove(&paths, key)? {
+                    println!("{removed}");
+                }
+            }
+        }
+        TemplateCommand::Prune => {
+            for removed in template::remove(&paths, "")? {
+                println!("{removed}");
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -200,7 +200,7 @@ fn supervise(
     let mut first = true;
     loop {
         let started = Instant::now();
-        let mut sandbox = Sandbox::boot(&sandbox_config)?;
+        let (mut sandbox, start_path) = start_vm(paths, shared, &sandbox_config)?;
         shared.vm_pid.store(sandbox.vm().pid(), Ordering::SeqCst);
         let boot = sandbox.phases();
         let events = sandbox.take_events().ok_or_else(|| Error::Agent("event channel taken twice".into()))?;
@@ -250,6 +250,7 @@ fn supervise(
             vm_process_ms: boot.vm_process_ms,
             kernel_to_init_ms: boot.kernel_to_init_ms,
             init_to_ready_ms: boot.init_to_ready_ms,
+            restore_ms: boot.restore_ms,
             rootfs_ms,
             process_start_ms: ms(start_at.elapsed()),
             total_ms: ms(started.elapsed()),
@@ -266,6 +267,7 @@ fn supervise(
             state.accel = Some(accel.accel.to_string());
             state.accel_reason = Some(accel.reason.clone());
             state.phases = Some(phases);
+            state.start_path = Some(start_path.clone());
             if !first {
                 state.restart_count += 1;
             }
@@ -323,6 +325,41 @@ fn supervise(
         first = false;
         shared.force_stop.store(false, Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Starts the container's VM: restored from a template unless templates are off, a cold boot
+/// when they are or when anything about the template fails. Returns the VM and the path taken,
+/// in words for `inspect`.
+fn start_vm(paths: &Paths, shared: &Shared, config: &SandboxConfig) -> Result<(Sandbox, String), Error> {
+    use crate::template;
+    if shared.config.no_template || !template::enabled(paths) {
+        return Ok((Sandbox::boot(config)?, "cold boot (templates disabled)".into()));
+    }
+    let prepared = bulkhead_vmm::find_qemu()
+        .and_then(|qemu| bulkhead_vmm::qemu_version(&qemu))
+        .map_err(Error::from)
+        .and_then(|version| template::meta_for(config, &shared.config.kernel_digest, &version))
+        .and_then(|meta| template::ensure(paths, config, &meta));
+    let template = match prepared {
+        Ok(template) => template,
+        Err(e) => {
+            tracing::warn!(error = %e, "no template; booting cold");
+            return Ok((Sandbox::boot(config)?, format!("cold boot (template unavailable: {e})")));
+        }
+    };
+    match Sandbox::restore(config, &template.state) {
+        Ok(sandbox) => Ok((sandbox, format!("template {}", &template.key[..12]))),
+        Err(e) => {
+            // A template that cannot be restored (damaged, truncated) is dropped and rebuilt
+            // by the next start; this one boots cold.
+            tracing::warn!(error = %e, key = %template.key, "template restore failed; booting cold");
+            template::discard(paths, &template.key);
+            Ok((
+                Sandbox::boot(config)?,
+                format!("cold boot (template {} failed to restore: {e})", &template.key[..12]),
+            ))
+        }
     }
 }
 

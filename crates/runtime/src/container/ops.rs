@@ -45,6 +45,8 @@ pub struct CreateOptions {
     pub accel: String,
     /// `--network`, `-p`, `-P`, `--dns`, `--add-host`.
     pub network: crate::network::NetworkOptions,
+    /// Boot the VM cold instead of restoring it from a template.
+    pub no_template: bool,
 }
 
 /// Size of each container's writable layer (a sparse file; only what is written uses space).
@@ -115,6 +117,7 @@ pub fn create(paths: &Paths, options: &CreateOptions) -> Result<ContainerConfig,
         tmpfs: options.tmpfs.clone(),
         restart: options.restart,
         auto_remove: options.auto_remove,
+        no_template: options.no_template,
         network,
     };
     let release = |_: &Error| crate::network::release(paths, &config.id, &config.network);
@@ -506,6 +509,7 @@ pub fn inspect(paths: &Paths, name: &str) -> Result<serde_json::Value, Error> {
             "ConsoleLog": containers.dir(&id).join("console.log"),
         },
         "StartPhases": state.phases,
+        "StartPath": state.start_path,
         "NetworkSettings": crate::network::inspect(paths, &id, &config.network),
     }))
 }
@@ -670,4 +674,47 @@ fn file_name(path: &Path) -> Result<String, Error> {
         .and_then(|n| n.to_str())
         .map(str::to_owned)
         .ok_or_else(|| Error::Invalid(format!("{} has no file name to copy under", path.display())))
+}
+
+/// `template warm`: makes (or finds) the template a container with these settings would use.
+pub fn warm_template(
+    paths: &Paths,
+    memory_mib: u32,
+    vcpus: u32,
+    kernel: Option<&str>,
+    network: &str,
+) -> Result<crate::template::Template, Error> {
+    let store = Store::open(&paths.root)?;
+    let kernel = bulkhead_image::kernel::resolve(&store, kernel)?;
+    let guest_binary = crate::guest::find_guest_binary()?;
+    let initramfs = crate::guest::initramfs(paths, &guest_binary)?;
+    let accel =
+        bulkhead_vmm::choose_accel(bulkhead_vmm::AccelRequest::Auto, &bulkhead_vmm::HostFacts::probe())?;
+    let rw = rw_template(paths)?;
+    let mac = "02:42:00:00:00:01".to_owned();
+    let net = match network {
+        "none" => None,
+        "user" => Some(bulkhead_vmm::NetDevice::User { mac, forwards: Vec::new() }),
+        _ => Some(bulkhead_vmm::NetDevice::Tap { ifname: "unused".into(), mac }),
+    };
+    let config = crate::sandbox::SandboxConfig {
+        qemu: None,
+        kernel: kernel.path,
+        initramfs,
+        memory_mib,
+        vcpus,
+        accel: accel.accel,
+        disks: vec![
+            bulkhead_vmm::Disk { path: rw.clone(), read_only: true },
+            bulkhead_vmm::Disk { path: rw, read_only: false },
+        ],
+        cmdline: String::new(),
+        run_dir: paths.run_root.clone(),
+        console_log: paths.run_root.join("unused.log"),
+        ready_timeout: Duration::from_secs(60),
+        net,
+    };
+    let qemu = bulkhead_vmm::find_qemu()?;
+    let meta = crate::template::meta_for(&config, &kernel.digest, &bulkhead_vmm::qemu_version(&qemu)?)?;
+    crate::template::ensure(paths, &config, &meta)
 }

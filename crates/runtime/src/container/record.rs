@@ -32,6 +32,9 @@ pub struct ContainerConfig {
     pub restart: RestartPolicy,
     /// `--rm`: remove the container when it exits.
     pub auto_remove: bool,
+    /// `--no-template`: always boot the VM cold.
+    #[serde(default)]
+    pub no_template: bool,
     /// `--network`, `-p`, `--dns`, `--add-host`, and the leased address.
     #[serde(default)]
     pub network: bulkhead_net::ContainerNetwork,
@@ -64,6 +67,9 @@ pub struct StartPhases {
     pub vm_process_ms: f64,
     pub kernel_to_init_ms: f64,
     pub init_to_ready_ms: f64,
+    /// Restoring the VM from a template (instead of the kernel and init phases).
+    #[serde(default)]
+    pub restore_ms: Option<f64>,
     /// Root filesystem mounted and the container prepared (`Setup`).
     pub rootfs_ms: f64,
     /// The main process started (`Start` answered).
@@ -90,4 +96,7 @@ pub struct ContainerState {
     pub accel: Option<String>,
     pub accel_reason: Option<String>,
     pub phases: Option<StartPhases>,
+    /// How the VM of the last start came up: from a template, or a cold boot and why.
+    #[serde(default)]
+    pub start_path: Option<String>,
 }

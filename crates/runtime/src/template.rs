@@ -1,0 +1,271 @@
+//! VM templates: a VM booted to the point where its init waits for the first `Hello`, saved
+//! (QMP `migrate`), and restored for each container instead of a cold boot.
+//!
+//! A template is keyed by everything that shapes the saved machine: the kernel image digest, the
+//! initramfs (named by the init binary's digest), memory, vCPUs, the accelerator, the QEMU
+//! version, the kernel command line, and the device layout (each disk's mode and size, the kind of
+//! network card). A start whose key differs in anything gets another template, never this one.
+//! Templates live in `<root>/templates/<key>/` (`state`, `meta.json`); one lock per key makes
+//! concurrent starts build a template once. The guest side of restoring (making the restored VM
+//! its own machine: entropy, clock, block caches, MAC) is in the guest's `identity` module.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use bulkhead_vmm::{Disk, NetDevice};
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::{Error, Paths};
+
+/// Bumped when what a template contains changes meaning.
+const FORMAT: u32 = 1;
+/// Read-only disks are presented to a template as this large, so no real root disk is larger
+/// than the size the restored guest believes in. The placeholder is sparse.
+const PLACEHOLDER_RO_BYTES: u64 = 64 << 30;
+
+/// What a template was made from (its `meta.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TemplateMeta {
+    pub format: u32,
+    pub kernel_digest: String,
+    pub initramfs: String,
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    pub accel: String,
+    pub qemu_version: String,
+    pub cmdline: String,
+    /// Per disk: `ro` or `rw`, and the size the template saw.
+    pub disks: Vec<(String, u64)>,
+    /// `none`, `tap` or `user`.
+    pub net: String,
+}
+
+impl TemplateMeta {
+    pub fn key(&self) -> String {
+        let canonical = serde_json::to_vec(self).expect("plain data serializes");
+        hex::encode(&Sha256::digest(&canonical)[..16])
+    }
+}
+
+/// A template in the store.
+#[derive(Debug, Clone, Serialize)]
+pub struct Template {
+    pub key: String,
+    pub state: PathBuf,
+    pub meta: TemplateMeta,
+    pub bytes: u64,
+    pub created: Option<String>,
+}
+
+fn dir(paths: &Paths) -> PathBuf {
+    paths.root.join("templates")
+}
+
+/// The template description for a container VM described by `config`.
+pub fn meta_for(
+    config: &SandboxConfig,
+    kernel_digest: &str,
+    qemu_version: &str,
+) -> Result<TemplateMeta, Error> {
+    let mut disks = Vec::new();
+    for disk in &config.disks {
+        let size = if disk.read_only {
+            PLACEHOLDER_RO_BYTES
+        } else {
+            std::fs::metadata(&disk.path).map_err(Error::io("reading", &disk.path))?.len()
+        };
+        if disk.read_only
+            && std::fs::metadata(&disk.path).map(|m| m.len()).unwrap_or(0) > PLACEHOLDER_RO_BYTES
+        {
+            return Err(Error::Invalid(format!(
+                "disk {} is larger than a template's placeholder",
+                disk.path.display()
+            )));
+        }
+        disks.push((if disk.read_only { "ro" } else { "rw" }.to_owned(), size));
+    }
+    let net = match &config.net {
+        None => "none",
+        Some(NetDevice::Tap { .. }) => "tap",
+        Some(NetDevice::User { .. }) => "user",
+    };
+    Ok(TemplateMeta {
+        format: FORMAT,
+        kernel_digest: kernel_digest.to_owned(),
+        initramfs: config.initramfs.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        memory_mib: config.memory_mib,
+        vcpus: config.vcpus,
+        accel: config.accel.to_string(),
+        qemu_version: qemu_version.to_owned(),
+        cmdline: config.cmdline.clone(),
+        disks,
+        net: net.to_owned(),
+    })
+}
+
+/// The template for `meta`, made now (from `config`'s kernel and init) if there is none.
+pub fn ensure(paths: &Paths, config: &SandboxConfig, meta: &TemplateMeta) -> Result<Template, Error> {
+    let key = meta.key();
+    let root = dir(paths);
+    let home = root.join(&key);
+    if let Some(template) = load(&home) {
+        return Ok(template);
+    }
+    std::fs::create_dir_all(&root).map_err(Error::io("creating", &root))?;
+    let lock_path = root.join(format!("{key}.lock"));
+    let lock_file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(Error::io("opening", &lock_path))?;
+    let _lock = Flock::lock(lock_file, FlockArg::LockExclusive).map_err(|(_, e)| Error::Io {
+        what: "locking",
+        path: lock_path.clone(),
+        source: e.into(),
+    })?;
+    // Whoever held the lock before us may have made it.
+    if let Some(template) = load(&home) {
+        return Ok(template);
+    }
+    build(paths, config, meta, &home)?;
+    load(&home).ok_or_else(|| Error::Corrupt(format!("template {key} was built but cannot be read back")))
+}
+
+fn load(home: &Path) -> Option<Template> {
+    let meta: TemplateMeta = serde_json::from_slice(&std::fs::read(home.join("meta.json")).ok()?).ok()?;
+    let state = home.join("state");
+    let info = std::fs::metadata(&state).ok()?;
+    let created = info.modified().ok().map(|t| chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339());
+    Some(Template { key: meta.key(), state, meta, bytes: info.len(), created })
+}
+
+/// Boots a VM on placeholder disks, waits for its init, and saves it.
+fn build(paths: &Paths, config: &SandboxConfig, meta: &TemplateMeta, home: &Path) -> Result<(), Error> {
+    let key = meta.key();
+    let work = tempfile::Builder::new()
+        .prefix(&format!(".build-{key}-"))
+        .tempdir_in(dir(paths))
+        .map_err(Error::io("creating a build directory in", dir(paths)))?;
+    let mut disks = Vec::new();
+    for (index, (mode, size)) in meta.disks.iter().enumerate() {
+        let path = work.path().join(format!("placeholder-{index}.img"));
+        File::create(&path).and_then(|f| f.set_len(*size)).map_err(Error::io("creating", &path))?;
+        disks.push(Disk { path, read_only: mode == "ro" });
+    }
+    let mut tap = None;
+    let net = match &config.net {
+        None => None,
+        Some(NetDevice::User { .. }) => {
+            Some(NetDevice::User { mac: PLACEHOLDER_MAC.into(), forwards: Vec::new() })
+        }
+        Some(NetDevice::Tap { .. }) => {
+            let name = format!("bhtpl{}", &key[..10]);
+            tap = Some(ScratchTap::create(&name)?);
+            Some(NetDevice::Tap { ifname: name, mac: PLACEHOLDER_MAC.into() })
+        }
+    };
+    let build_config = SandboxConfig {
+        disks,
+        net,
+        run_dir: work.path().to_owned(),
+        console_log: work.path().join("console.log"),
+        ..config.clone()
+    };
+    let mut sandbox = Sandbox::boot_unintroduced(&build_config)?;
+    let state = work.path().join("state");
+    let saved = sandbox.vm().save(&state, work.path());
+    let _ = sandbox.hard_stop();
+    drop(tap);
+    saved?;
+    let meta_path = work.path().join("meta.json");
+    std::fs::write(&meta_path, serde_json::to_vec_pretty(meta).expect("plain data serializes"))
+        .map_err(Error::io("writing", &meta_path))?;
+    // Only the state and its description move into place; the scratch disks go with `work`.
+    let staged = dir(paths).join(format!(".staged-{key}"));
+    let _ = std::fs::remove_dir_all(&staged);
+    std::fs::create_dir(&staged).map_err(Error::io("creating", &staged))?;
+    for name in ["state", "meta.json"] {
+        std::fs::rename(work.path().join(name), staged.join(name))
+            .map_err(Error::io("moving", staged.join(name)))?;
+    }
+    std::fs::rename(&staged, home).map_err(Error::io("installing template", home))
+}
+
+/// The MAC a template's card has; a restored guest replaces it with the container's.
+const PLACEHOLDER_MAC: &str = "02:42:00:00:00:01";
+
+/// A TAP device for a template VM's card, on no bridge, removed on drop.
+struct ScratchTap(String);
+
+impl ScratchTap {
+    fn create(name: &str) -> Result<ScratchTap, Error> {
+        let out = std::process::Command::new("ip")
+            .args(["tuntap", "add", "dev", name, "mode", "tap"])
+            .output()
+            .map_err(Error::io("running", "ip tuntap"))?;
+        if !out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("exists") {
+            return Err(Error::Invalid(format!(
+                "creating TAP device {name} for a template: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(ScratchTap(name.to_owned()))
+    }
+}
+
+impl Drop for ScratchTap {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["link", "delete", &self.0]).output();
+    }
+}
+
+/// Every template in the store.
+pub fn list(paths: &Paths) -> Result<Vec<Template>, Error> {
+    let root = dir(paths);
+    let entries = match std::fs::read_dir(&root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::Io { what: "listing", path: root, source: e }),
+    };
+    let mut out: Vec<Template> = entries.flatten().filter_map(|e| load(&e.path())).collect();
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(out)
+}
+
+/// Removes the templates whose key starts with `prefix` (all with ""); returns their keys.
+pub fn remove(paths: &Paths, prefix: &str) -> Result<Vec<String>, Error> {
+    let mut removed = Vec::new();
+    for template in list(paths)? {
+        if template.key.starts_with(prefix) {
+            let home = dir(paths).join(&template.key);
+            std::fs::remove_dir_all(&home).map_err(Error::io("removing", &home))?;
+            removed.push(template.key);
+        }
+    }
+    if removed.is_empty() && !prefix.is_empty() {
+        return Err(Error::NotFound(format!("no template {prefix}")));
+    }
+    Ok(removed)
+}
+
+/// Forgets a template that failed to restore, so the next start builds a fresh one.
+pub fn discard(paths: &Paths, key: &str) {
+    let _ = std::fs::remove_dir_all(dir(paths).join(key));
+}
+
+/// Whether containers start from templates: on unless `BULKHEAD_TEMPLATES=0` or the store's
+/// `settings.json` says `{"templates": false}`.
+pub fn enabled(paths: &Paths) -> bool {
+    if let Ok(value) = std::env::var("BULKHEAD_TEMPLATES") {
+        return !matches!(value.as_str(), "0" | "false" | "no" | "off");
+    }
+    std::fs::read(paths.root.join("settings.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .and_then(|v| v.get("templates").and_then(serde_json::Value::as_bool))
+        .unwrap_or(true)
+}
