@@ -187,6 +187,7 @@ mod tests {
             Frame::Message(Message::Hello {
                 version: PROTOCOL_VERSION,
                 unix_time_ns: 1_700_000_000_000_000_000,
+                entropy: vec![7; 64],
             }),
             Frame::Message(Message::Ready {
                 version: PROTOCOL_VERSION,
