@@ -78,16 +78,6 @@ fn root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// Whether the guest init starts container processes (branch `guest`); tests that need a
-/// process in the container skip without it.
-fn guest_runs_processes(env: &Env, ns: &Netns) -> bool {
-    let out = bh(env, ns, &["run", "--rm", "--network", "none", "busybox", "true"]);
-    if !out.status.success() {
-        eprintln!("skipped: the guest cannot run container processes yet: {}", text(&out.stderr));
-    }
-    out.status.success()
-}
-
 /// An HTTP GET from inside `ns` (through `ip netns exec` and busybox wget on the host side).
 fn get(ns: &Netns, url: &str) -> Result<String, String> {
     let out = ns.exec(&format!("busybox wget -q -T 5 -O - {url}"));
@@ -168,9 +158,6 @@ fn published_port_names_isolation_and_no_leftovers() {
     }
     let env = Env::new();
     let ns = Netns::new();
-    if !guest_runs_processes(&env, &ns) {
-        return;
-    }
     // An HTTP server in a container, reached through -p from the namespace's loopback and its
     // other address.
     ns.exec("ip link add bhdummy0 type dummy && ip addr add 10.200.0.1/24 dev bhdummy0 && ip link set bhdummy0 up");
@@ -298,9 +285,6 @@ fn killed_monitor_then_prune_leaves_nothing() {
     }
     let env = Env::new();
     let ns = Netns::new();
-    if !guest_runs_processes(&env, &ns) {
-        return;
-    }
     ok(&env, &ns, &["run", "-d", "--name", "victim", "-p", "8081:80", "busybox", "sleep", "1000"]);
     assert!(ns.leftovers().contains("bulkhead0"));
     let pid = inspect(&env, &ns, "victim")["State"]["MonitorPid"].as_u64().unwrap();

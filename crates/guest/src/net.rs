@@ -157,6 +157,8 @@ fn only_nic(class: &Path) -> Option<String> {
     let names: Vec<String> = std::fs::read_dir(class)
         .ok()?
         .flatten()
+        // Ethernet devices only (type 1): not `lo`, not the kernel's tunnel devices (sit0).
+        .filter(|e| std::fs::read_to_string(e.path().join("type")).is_ok_and(|t| t.trim() == "1"))
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|name| name != "lo")
         .collect();
