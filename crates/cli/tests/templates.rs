@@ -1,0 +1,145 @@
+//! Containers started from VM templates: distinct machines from one saved VM, the key that
+//! keeps a template from being used where it does not fit, damaged templates, and races.
+//!
+//! Needs `BULKHEAD_TEST_KERNEL` and `BULKHEAD_GUEST` (set by `scripts/test`).
+
+mod common;
+
+use std::process::Command;
+
+use common::{text, Env};
+
+fn start_path(env: &Env, name: &str) -> String {
+    env.inspect(name)["StartPath"].as_str().unwrap_or("").to_owned()
+}
+
+fn template_keys(env: &Env) -> Vec<String> {
+    let list: serde_json::Value =
+        serde_json::from_str(&env.ok(&["template", "ls", "--format", "json"])).unwrap();
+    list.as_array().unwrap().iter().map(|t| t["key"].as_str().unwrap().to_owned()).collect()
+}
+
+/// A second image: busybox plus a marker file.
+fn import_marked(env: &Env) {
+    let dir = env.dir.path().join("marked");
+    std::fs::create_dir_all(&dir).unwrap();
+    let status =
+        Command::new("tar").arg("-C").arg(&dir).arg("-xf").arg(common::busybox_tarball()).status().unwrap();
+    assert!(status.success());
+    std::fs::write(dir.join("etc/marker"), "second image\n").unwrap();
+    let tarball = env.dir.path().join("marked.tar");
+    assert!(Command::new("tar")
+        .arg("-C")
+        .arg(&dir)
+        .arg("-cf")
+        .arg(&tarball)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success());
+    env.ok(&["import", tarball.to_str().unwrap(), "marked"]);
+}
+
+#[test]
+fn restored_containers_are_distinct_machines() {
+    let env = Env::new();
+    import_marked(&env);
+    env.ok(&["run", "-d", "--name", "one", "busybox", "sleep", "100000"]);
+    env.ok(&["run", "-d", "--name", "two", "marked", "sleep", "100000"]);
+    let (a, b) = (start_path(&env, "one"), start_path(&env, "two"));
+    assert!(a.starts_with("template "), "{a}");
+    assert_eq!(a, b, "both restored from the one template");
+    assert_eq!(template_keys(&env).len(), 1);
+
+    // Each sees its own image.
+    assert_ne!(env.run(&["exec", "one", "test", "-e", "/etc/marker"]).status.code(), Some(0));
+    assert_eq!(env.ok(&["exec", "two", "cat", "/etc/marker"]), "second image\n");
+    // A file written in one is absent from the other.
+    env.ok(&["exec", "one", "sh", "-c", "echo mine > /tmp/only-here"]);
+    assert_ne!(env.run(&["exec", "two", "test", "-e", "/tmp/only-here"]).status.code(), Some(0));
+
+    let identity =
+        "cat /proc/sys/kernel/random/boot_id; head -c 16 /dev/urandom | od -An -tx1; hostname; date +%Y";
+    let (x, y) =
+        (env.ok(&["exec", "one", "sh", "-c", identity]), env.ok(&["exec", "two", "sh", "-c", identity]));
+    let (x, y): (Vec<&str>, Vec<&str>) = (x.lines().collect(), y.lines().collect());
+    assert_eq!((x.len(), y.len()), (4, 4), "{x:?} {y:?}");
+    for (what, i) in [("boot id", 0), ("urandom", 1), ("hostname", 2)] {
+        assert_ne!(x[i], y[i], "{what} is the same in two restored VMs");
+    }
+    // The clock is the host's, not the template's.
+    let year = chrono_year();
+    assert_eq!((x[3], y[3]), (year.as_str(), year.as_str()));
+    env.ok(&["rm", "-f", "one", "two"]);
+}
+
+fn chrono_year() -> String {
+    text(&Command::new("date").arg("+%Y").output().unwrap().stdout).trim().to_owned()
+}
+
+#[test]
+fn a_template_is_used_only_where_it_fits() {
+    let env = Env::new();
+    env.ok(&["run", "--rm", "busybox", "true"]);
+    assert_eq!(template_keys(&env).len(), 1);
+    env.ok(&["run", "--name", "big", "--memory", "320m", "busybox", "true"]);
+    let keys = template_keys(&env);
+    assert_eq!(keys.len(), 2, "another memory size needs another template");
+    assert!(start_path(&env, "big").starts_with("template "));
+    let meta: serde_json::Value =
+        serde_json::from_str(&env.ok(&["template", "ls", "--format", "json"])).unwrap();
+    let sizes: Vec<u64> =
+        meta.as_array().unwrap().iter().map(|t| t["meta"]["memory_mib"].as_u64().unwrap()).collect();
+    assert!(sizes.contains(&256) && sizes.contains(&320), "{sizes:?}");
+
+    env.ok(&["run", "--name", "cold", "--no-template", "busybox", "true"]);
+    assert_eq!(start_path(&env, "cold"), "cold boot (templates disabled)");
+    let out = env
+        .cmd()
+        .args(["run", "--name", "off", "busybox", "true"])
+        .env("BULKHEAD_TEMPLATES", "0")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(start_path(&env, "off"), "cold boot (templates disabled)");
+    assert_eq!(env.ok(&["template", "prune"]).lines().count(), 2);
+    assert!(template_keys(&env).is_empty());
+}
+
+#[test]
+fn a_damaged_template_falls_back_to_a_cold_boot() {
+    let env = Env::new();
+    let key = env.ok(&["template", "warm", "--network", "none"]).trim().to_owned();
+    let state = env.root().join("templates").join(&key).join("state");
+    let len = std::fs::metadata(&state).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&state).unwrap().set_len(len / 3).unwrap();
+
+    assert_eq!(env.ok(&["run", "--name", "after", "busybox", "echo", "still runs"]), "still runs\n");
+    let path = start_path(&env, "after");
+    assert!(path.starts_with(&format!("cold boot (template {} failed to restore", &key[..12])), "{path}");
+    // The damaged one is gone; the next start builds a sound one and uses it.
+    env.ok(&["run", "--name", "next", "busybox", "true"]);
+    assert!(start_path(&env, "next").starts_with("template "), "{}", start_path(&env, "next"));
+    assert!(env.processes().is_empty(), "{:?}", env.processes());
+}
+
+#[test]
+fn concurrent_starts_build_one_template() {
+    let env = Env::new();
+    let children: Vec<_> = (0..3)
+        .map(|i| {
+            let mut cmd = env.cmd();
+            cmd.args(["run", "-d", "--name", &format!("racer{i}"), "busybox", "sleep", "1000"]);
+            cmd.stdout(std::process::Stdio::piped()).spawn().unwrap()
+        })
+        .collect();
+    for child in children {
+        assert!(child.wait_with_output().unwrap().status.success());
+    }
+    assert_eq!(template_keys(&env).len(), 1);
+    for i in 0..3 {
+        assert!(start_path(&env, &format!("racer{i}")).starts_with("template "));
+    }
+    env.ok(&["rm", "-f", "racer0", "racer1", "racer2"]);
+    assert!(env.processes().is_empty(), "{:?}", env.processes());
+}
