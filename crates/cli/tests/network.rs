@@ -78,9 +78,16 @@ fn root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// An HTTP GET from inside `ns` (through `ip netns exec` and busybox wget on the host side).
+/// A shell command for inside a container that prints the body of `http://{host}/` (one line)
+/// and fails when nothing answers. busybox nc rather than busybox wget: Debian 12's static
+/// busybox wget crashes.
+fn fetch(host: &str, seconds: u32) -> String {
+    format!("set -o pipefail; printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w {seconds} {host} 80 | tail -n 1 | grep .")
+}
+
+/// An HTTP GET from inside `ns` (through `ip netns exec` and curl on the host side).
 fn get(ns: &Netns, url: &str) -> Result<String, String> {
-    let out = ns.exec(&format!("busybox wget -q -T 5 -O - {url}"));
+    let out = ns.exec(&format!("curl -sS -m 5 {url}"));
     if out.status.success() {
         Ok(text(&out.stdout))
     } else {
@@ -160,7 +167,7 @@ fn published_port_names_isolation_and_no_leftovers() {
     let ns = Netns::new();
     // An HTTP server in a container, reached through -p from the namespace's loopback and its
     // other address.
-    ns.exec("ip link add bhdummy0 type dummy && ip addr add 10.200.0.1/24 dev bhdummy0 && ip link set bhdummy0 up");
+    ns.exec("ip link add bhv0 type veth peer name bhv1 && ip addr add 10.200.0.1/24 dev bhv0 && ip link set bhv0 up && ip link set bhv1 up");
     ok(
         &env,
         &ns,
@@ -193,12 +200,12 @@ fn published_port_names_isolation_and_no_leftovers() {
     // Containers on one network reach each other by name and address.
     let web_ip = inspect(&env, &ns, "web")["NetworkSettings"]["IPAddress"].as_str().unwrap().to_owned();
     let by_name =
-        ok(&env, &ns, &["run", "--rm", "busybox", "wget", "-q", "-T", "5", "-O", "-", "http://web/"]);
+        ok(&env, &ns, &["run", "--rm", "busybox", "sh", "-c", &fetch("web", 5)]);
     assert_eq!(by_name, "hello-from-vm");
     let by_ip = ok(
         &env,
         &ns,
-        &["run", "--rm", "busybox", "wget", "-q", "-T", "5", "-O", "-", &format!("http://{web_ip}/")],
+        &["run", "--rm", "busybox", "sh", "-c", &fetch(&web_ip, 5)],
     );
     assert_eq!(by_ip, "hello-from-vm");
 
@@ -229,7 +236,7 @@ fn published_port_names_isolation_and_no_leftovers() {
     let same = ok(
         &env,
         &ns,
-        &["run", "--rm", "--network", "blue", "busybox", "wget", "-q", "-T", "5", "-O", "-", "http://bweb/"],
+        &["run", "--rm", "--network", "blue", "busybox", "sh", "-c", &fetch("bweb", 5)],
     );
     assert_eq!(same, "blue");
     let across = bh(
@@ -241,13 +248,9 @@ fn published_port_names_isolation_and_no_leftovers() {
             "--network",
             "green",
             "busybox",
-            "wget",
-            "-q",
-            "-T",
-            "3",
-            "-O",
-            "-",
-            &format!("http://{blue_ip}/"),
+            "sh",
+            "-c",
+            &fetch(&blue_ip, 3),
         ],
     );
     assert!(!across.status.success(), "green reached blue: {}", text(&across.stdout));

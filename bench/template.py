@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Template benchmark: `bulkhead run --rm busybox true` cold (--no-template) vs from a template,
+and `crun run` of the same root filesystem, N times each in one run (default 10); then the host
+memory of 10 idle containers restored from a template vs 10 cold-booted ones (RSS split into
+private and shared, and PSS). Usage: bench/template.py [N]
+"""
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run import busybox_rootfs, smaps, sh, timed, REPO  # noqa: E402
+
+N = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+IDLE = 10
+
+
+def idle_memory(bulkhead, env, extra):
+    ids = [sh(bulkhead, "run", "-d", *extra, "busybox", "sleep", "100000", env=env) for _ in range(IDLE)]
+    time.sleep(2)
+    rows = []
+    for cid in ids:
+        pid = json.loads(sh(bulkhead, "inspect", cid, env=env))[0]["VM"]["Pid"]
+        rows.append(smaps(pid))
+    for cid in ids:
+        subprocess.run([bulkhead, "rm", "-f", cid], env=env, check=True, capture_output=True)
+    total = lambda key: sum(r.get(key, 0) for r in rows) / 1024
+    private = sum(r.get("Private_Clean", 0) + r.get("Private_Dirty", 0) for r in rows) / 1024
+    shared = sum(r.get("Shared_Clean", 0) + r.get("Shared_Dirty", 0) for r in rows) / 1024
+    return total("Rss"), private, shared, total("Pss")
+
+
+def main():
+    kernel_dir = sh(f"{REPO}/kernel/build")
+    guest = sh(f"{REPO}/scripts/build-guest")
+    subprocess.run(["cargo", "build", "--quiet", "--release", "-p", "bulkhead-cli"], cwd=REPO, check=True)
+    bulkhead = f"{REPO}/target/release/bulkhead"
+    med = statistics.median
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, BULKHEAD_ROOT=f"{tmp}/store", BULKHEAD_RUN_ROOT=f"{tmp}/run", BULKHEAD_GUEST=guest,
+                   BULKHEAD_NETWORK="none")
+        rootfs = f"{tmp}/bundle/rootfs"
+        busybox_rootfs(rootfs)
+        sh("tar", "-C", rootfs, "-cf", f"{tmp}/busybox.tar", ".")
+        subprocess.run([bulkhead, "kernel", "import", f"{kernel_dir}/vmlinux"], env=env, check=True, capture_output=True)
+        subprocess.run([bulkhead, "import", f"{tmp}/busybox.tar", "busybox"], env=env, check=True, capture_output=True)
+        start = time.monotonic()
+        subprocess.run([bulkhead, "template", "warm", "--network", "none"], env=env, check=True, capture_output=True)
+        warm_s = time.monotonic() - start
+        template_state = sum(os.path.getsize(os.path.join(d, "state")) for d in
+                             (os.path.join(f"{tmp}/store/templates", k) for k in os.listdir(f"{tmp}/store/templates"))
+                             if os.path.isdir(d))
+        subprocess.run([bulkhead, "run", "--rm", "busybox", "true"], env=env, check=True)  # warm caches
+
+        cold, warm = [], []
+        for _ in range(N):
+            cold.append(timed([bulkhead, "run", "--rm", "--no-template", "busybox", "true"], env))
+            warm.append(timed([bulkhead, "run", "--rm", "busybox", "true"], env))
+
+        sh("crun", "spec", cwd=f"{tmp}/bundle")
+        spec = json.load(open(f"{tmp}/bundle/config.json"))
+        spec["process"]["terminal"] = False
+        spec["process"]["args"] = ["/bin/true"]
+        json.dump(spec, open(f"{tmp}/bundle/config.json", "w"))
+        script = (f"umount /sys/fs/cgroup/unified 2>/dev/null; for i in $(seq {N}); do s=$(date +%s%N); "
+                  f"crun run -b {tmp}/bundle bench-$$-$i >/dev/null; e=$(date +%s%N); echo $(( (e-s)/1000 )); done")
+        crun = [int(x) / 1e3 for x in sh("unshare", "-m", "sh", "-c", script).split()]
+
+        restored_mem = idle_memory(bulkhead, env, [])
+        cold_mem = idle_memory(bulkhead, env, ["--no-template"])
+
+    print(f"template benchmark, {N} runs each (TCG); template made in {warm_s:.2f} s, state {template_state / 2**20:.1f} MiB")
+    print(f"{'':44}{'median':>10}{'min':>10}{'max':>10}")
+    for name, xs in [("run --rm busybox true, cold (--no-template)", cold),
+                     ("run --rm busybox true, from a template", warm),
+                     ("crun run (shared kernel)", crun)]:
+        print(f"{name:44}{med(xs):>8.1f}ms{min(xs):>8.1f}ms{max(xs):>8.1f}ms")
+    print(f"speed-up from the template: {med(cold) / med(warm):.2f}x (target >= 4x); "
+          f"template median {med(warm) / 1000:.3f} s (target <= 0.25 s)")
+    for name, (rss, private, shared, pss) in [(f"{IDLE} idle restored", restored_mem), (f"{IDLE} idle cold-booted", cold_mem)]:
+        print(f"{name:24} QEMU RSS {rss:8.1f} MiB (private {private:7.1f}, shared {shared:6.1f}), PSS {pss:8.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()
