@@ -199,14 +199,9 @@ fn published_port_names_isolation_and_no_leftovers() {
 
     // Containers on one network reach each other by name and address.
     let web_ip = inspect(&env, &ns, "web")["NetworkSettings"]["IPAddress"].as_str().unwrap().to_owned();
-    let by_name =
-        ok(&env, &ns, &["run", "--rm", "busybox", "sh", "-c", &fetch("web", 5)]);
+    let by_name = ok(&env, &ns, &["run", "--rm", "busybox", "sh", "-c", &fetch("web", 5)]);
     assert_eq!(by_name, "hello-from-vm");
-    let by_ip = ok(
-        &env,
-        &ns,
-        &["run", "--rm", "busybox", "sh", "-c", &fetch(&web_ip, 5)],
-    );
+    let by_ip = ok(&env, &ns, &["run", "--rm", "busybox", "sh", "-c", &fetch(&web_ip, 5)]);
     assert_eq!(by_ip, "hello-from-vm");
 
     // --network none has only lo.
@@ -233,26 +228,10 @@ fn published_port_names_isolation_and_no_leftovers() {
         ],
     );
     let blue_ip = inspect(&env, &ns, "bweb")["NetworkSettings"]["IPAddress"].as_str().unwrap().to_owned();
-    let same = ok(
-        &env,
-        &ns,
-        &["run", "--rm", "--network", "blue", "busybox", "sh", "-c", &fetch("bweb", 5)],
-    );
+    let same = ok(&env, &ns, &["run", "--rm", "--network", "blue", "busybox", "sh", "-c", &fetch("bweb", 5)]);
     assert_eq!(same, "blue");
-    let across = bh(
-        &env,
-        &ns,
-        &[
-            "run",
-            "--rm",
-            "--network",
-            "green",
-            "busybox",
-            "sh",
-            "-c",
-            &fetch(&blue_ip, 3),
-        ],
-    );
+    let across =
+        bh(&env, &ns, &["run", "--rm", "--network", "green", "busybox", "sh", "-c", &fetch(&blue_ip, 3)]);
     assert!(!across.status.success(), "green reached blue: {}", text(&across.stdout));
 
     // Egress with NAT to a server in another namespace.
