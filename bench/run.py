@@ -64,7 +64,9 @@ def main():
     med = statistics.median
 
     with tempfile.TemporaryDirectory() as tmp:
-        env = dict(os.environ, BULKHEAD_ROOT=f"{tmp}/store", BULKHEAD_RUN_ROOT=f"{tmp}/run", BULKHEAD_GUEST=guest)
+        # No network, like the crun baseline (and nothing made on the host's interfaces).
+        env = dict(os.environ, BULKHEAD_ROOT=f"{tmp}/store", BULKHEAD_RUN_ROOT=f"{tmp}/run", BULKHEAD_GUEST=guest,
+                   BULKHEAD_NETWORK="none")
         rootfs = f"{tmp}/bundle/rootfs"
         busybox_rootfs(rootfs)
         sh("tar", "-C", rootfs, "-cf", f"{tmp}/busybox.tar", ".")
