@@ -284,3 +284,94 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) fn clip(text: &str) -> String {
     text.chars().filter(|c| !c.is_control()).take(300).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A session whose guest end is a plain socket the test writes hostile bytes to.
+    fn session() -> (Session, Receiver<Event>, UnixStream) {
+        let (host, guest) = UnixStream::pair().unwrap();
+        let reader = FrameReader::new(host.try_clone().unwrap());
+        let (session, events) = Session::start(reader, host).unwrap();
+        (session, events, guest)
+    }
+
+    fn send(guest: &mut UnixStream, frame: &Frame) {
+        let mut buf = Vec::new();
+        encode(frame, &mut buf).unwrap();
+        guest.write_all(&buf).unwrap();
+    }
+
+    fn closed_because(events: &Receiver<Event>) -> String {
+        loop {
+            match events.recv_timeout(Duration::from_secs(5)).expect("the session did not end") {
+                Event::Closed(why) => return why,
+                _ => continue,
+            }
+        }
+    }
+
+    #[test]
+    fn a_guest_that_overruns_its_window_is_cut_off() {
+        let (session, events, mut guest) = session();
+        let _rx = session.open_output(5);
+        let chunk = vec![0u8; 64 * 1024];
+        for _ in 0..(INITIAL_CREDIT as usize / chunk.len() + 1) {
+            send(&mut guest, &Frame::Data { stream: 5, bytes: chunk.clone() });
+        }
+        assert!(closed_because(&events).contains("overran its window on stream 5"));
+        assert!(session.closed().is_some());
+    }
+
+    #[test]
+    fn data_on_a_stream_nobody_opened_ends_the_session() {
+        let (_session, events, mut guest) = session();
+        send(&mut guest, &Frame::Data { stream: 99, bytes: b"x".to_vec() });
+        assert!(closed_because(&events).contains("stream 99, which is not open"));
+    }
+
+    #[test]
+    fn a_reply_to_no_request_and_host_only_messages_end_the_session() {
+        let (_session, events, mut guest) = session();
+        send(&mut guest, &Frame::Message(Message::Pong { seq: 1 }));
+        assert!(closed_because(&events).contains("pong reply to no request"));
+        let (_session, events, mut guest) = session();
+        send(&mut guest, &Frame::Message(Message::Shutdown));
+        assert!(closed_because(&events).contains("which only the host sends"));
+    }
+
+    #[test]
+    fn garbage_ends_the_session_and_fails_pending_requests_clearly() {
+        let (session, events, mut guest) = session();
+        let waiter = std::thread::spawn(move || session.request(Message::Stats, Duration::from_secs(10)));
+        std::thread::sleep(Duration::from_millis(50));
+        guest.write_all(&[0xff, 0xff, 0xff, 0x7f, 1, 2, 3]).unwrap();
+        assert!(closed_because(&events).contains("exceeds the limit"));
+        let err = waiter.join().unwrap().unwrap_err().to_string();
+        assert!(err.starts_with("guest agent: stats:"), "{err}");
+    }
+
+    #[test]
+    fn replies_are_matched_in_order_and_credit_is_bounded() {
+        let (session, _events, mut guest) = session();
+        let session = std::sync::Arc::new(session);
+        let asker = {
+            let session = std::sync::Arc::clone(&session);
+            std::thread::spawn(move || session.request(Message::Ping { seq: 7 }, Duration::from_secs(10)))
+        };
+        let mut reader = FrameReader::new(guest.try_clone().unwrap());
+        assert_eq!(reader.read_frame().unwrap(), Some(Frame::Message(Message::Ping { seq: 7 })));
+        send(&mut guest, &Frame::Message(Message::Pong { seq: 7 }));
+        assert_eq!(asker.join().unwrap().unwrap(), Message::Pong { seq: 7 });
+
+        // A guest granting absurd credit cannot make the host buffer without bound.
+        session.open_input(3);
+        send(&mut guest, &Frame::Message(Message::Credit { stream: 3, bytes: u32::MAX }));
+        std::thread::sleep(Duration::from_millis(50));
+        let credit = *lock(&session.shared.state).credits.get(&3).unwrap();
+        assert_eq!(credit, INITIAL_CREDIT * 4);
+    }
+}

@@ -234,3 +234,60 @@ pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), Err
     tmp.persist(path).map_err(|e| Error::Io { what: "replacing", path: path.to_owned(), source: e.error })?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::container::spec::RestartPolicy;
+
+    fn config(id: &str, name: &str) -> ContainerConfig {
+        ContainerConfig {
+            id: id.into(),
+            name: name.into(),
+            created: String::new(),
+            image: "busybox".into(),
+            image_digest: String::new(),
+            root_disk: PathBuf::new(),
+            kernel: String::new(),
+            kernel_digest: String::new(),
+            kernel_path: PathBuf::new(),
+            accel: "auto".into(),
+            process: Default::default(),
+            hostname: "h".into(),
+            memory_mib: 256,
+            vcpus: 1,
+            read_only: false,
+            tmpfs: Vec::new(),
+            restart: RestartPolicy::No,
+            auto_remove: false,
+            no_template: false,
+            network: Default::default(),
+        }
+    }
+
+    #[test]
+    fn names_ids_prefixes_and_damaged_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Containers::new(&Paths::new(dir.path().join("root"), dir.path().join("run")));
+        let (a, b) = ("a1".to_owned() + &"0".repeat(62), "a2".to_owned() + &"0".repeat(62));
+        store.create(&config(&a, "web"), &|_| Ok(())).unwrap();
+        store.create(&config(&b, "db"), &|_| Ok(())).unwrap();
+        let clash = store.create(&config(&("b".repeat(64)), "web"), &|_| Ok(())).unwrap_err();
+        assert!(clash.to_string().contains("already in use"), "{clash}");
+        let bad = store.create(&config(&("c".repeat(64)), "no/slash"), &|_| Ok(())).unwrap_err();
+        assert!(bad.to_string().contains("invalid container name"), "{bad}");
+        // A failed prepare step leaves nothing behind.
+        let failing = store.create(&config(&("d".repeat(64)), "x"), &|_| Err(Error::Invalid("disk".into())));
+        assert!(failing.is_err() && store.ids().unwrap().len() == 2);
+
+        assert_eq!(store.resolve("web").unwrap(), a);
+        assert_eq!(store.resolve("a2").unwrap(), b);
+        assert_eq!(store.resolve(&b).unwrap(), b);
+        assert!(store.resolve("a").unwrap_err().to_string().contains("ambiguous"));
+        assert!(store.resolve("nope").unwrap_err().to_string().contains("no such container: nope"));
+
+        std::fs::write(store.dir(&a).join("state.json"), b"{not json").unwrap();
+        let err = store.load(&a).unwrap_err().to_string();
+        assert!(err.starts_with("damaged record") && err.contains("state.json"), "{err}");
+    }
+}
