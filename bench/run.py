@@ -44,6 +44,19 @@ def busybox_rootfs(path):
         f.write("root:x:0:0:root:/root:/bin/sh\n")
 
 
+def crun_runs(bundle, n):
+    """Milliseconds of `crun run` of /bin/true in `bundle` (rootfs/ already there), n times, in a
+    private mount namespace without the hybrid cgroup2 mount crun trips over on this host."""
+    sh("crun", "spec", cwd=bundle)
+    spec = json.load(open(f"{bundle}/config.json"))
+    spec["process"]["terminal"] = False
+    spec["process"]["args"] = ["/bin/true"]
+    json.dump(spec, open(f"{bundle}/config.json", "w"))
+    script = (f"umount /sys/fs/cgroup/unified 2>/dev/null; for i in $(seq {n}); do s=$(date +%s%N); "
+              f"crun run -b {bundle} bench-$$-$i >/dev/null; e=$(date +%s%N); echo $(( (e-s)/1000 )); done")
+    return [int(x) / 1e3 for x in sh("unshare", "-m", "sh", "-c", script).split()]
+
+
 def smaps(pid):
     out = {}
     try:
@@ -80,15 +93,7 @@ def main():
             out = subprocess.run([bulkhead, "check", "--format", "json"], env=env, check=True, capture_output=True, text=True)
             boots.append(json.loads(out.stdout)["phases"]["boot_to_ready_ms"])
 
-        # crun, in a private mount namespace without the hybrid cgroup2 mount it trips over.
-        sh("crun", "spec", cwd=f"{tmp}/bundle")
-        spec = json.load(open(f"{tmp}/bundle/config.json"))
-        spec["process"]["terminal"] = False
-        spec["process"]["args"] = ["/bin/true"]
-        json.dump(spec, open(f"{tmp}/bundle/config.json", "w"))
-        script = (f"umount /sys/fs/cgroup/unified 2>/dev/null; for i in $(seq {N}); do s=$(date +%s%N); "
-                  f"crun run -b {tmp}/bundle bench-$$-$i >/dev/null; e=$(date +%s%N); echo $(( (e-s)/1000 )); done")
-        crun = [int(x) / 1e3 for x in sh("unshare", "-m", "sh", "-c", script).split()]
+        crun = crun_runs(f"{tmp}/bundle", N)
 
         cid = sh(bulkhead, "run", "-d", "busybox", "sleep", "100000", env=env)
         for _ in range(N):

@@ -13,7 +13,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import busybox_rootfs, smaps, sh, timed, REPO  # noqa: E402
+from run import busybox_rootfs, crun_runs, smaps, sh, timed, REPO  # noqa: E402
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 10
 IDLE = 10
@@ -61,14 +61,7 @@ def main():
             cold.append(timed([bulkhead, "run", "--rm", "--no-template", "busybox", "true"], env))
             warm.append(timed([bulkhead, "run", "--rm", "busybox", "true"], env))
 
-        sh("crun", "spec", cwd=f"{tmp}/bundle")
-        spec = json.load(open(f"{tmp}/bundle/config.json"))
-        spec["process"]["terminal"] = False
-        spec["process"]["args"] = ["/bin/true"]
-        json.dump(spec, open(f"{tmp}/bundle/config.json", "w"))
-        script = (f"umount /sys/fs/cgroup/unified 2>/dev/null; for i in $(seq {N}); do s=$(date +%s%N); "
-                  f"crun run -b {tmp}/bundle bench-$$-$i >/dev/null; e=$(date +%s%N); echo $(( (e-s)/1000 )); done")
-        crun = [int(x) / 1e3 for x in sh("unshare", "-m", "sh", "-c", script).split()]
+        crun = crun_runs(f"{tmp}/bundle", N)
 
         restored_mem = idle_memory(bulkhead, env, [])
         cold_mem = idle_memory(bulkhead, env, ["--no-template"])

@@ -223,6 +223,32 @@ impl Drop for ScratchTap {
     }
 }
 
+/// The QEMU version (part of every template key), cached by the binary's path, size and
+/// modification time, so a start does not run `qemu -version` each time.
+pub fn qemu_version(paths: &Paths) -> Result<String, Error> {
+    use std::os::unix::fs::MetadataExt;
+    let qemu = bulkhead_vmm::find_qemu()?;
+    let meta = std::fs::metadata(&qemu).map_err(Error::io("reading", &qemu))?;
+    let stamp = format!("{}:{}:{}", qemu.display(), meta.len(), meta.mtime());
+    let cache = paths.cache_dir().join("qemu-version");
+    if let Ok(text) = std::fs::read_to_string(&cache) {
+        if let Some(version) = text.strip_prefix(&format!("{stamp}\n")) {
+            return Ok(version.trim().to_owned());
+        }
+    }
+    let version = bulkhead_vmm::qemu_version(&qemu)?;
+    // Best effort: a cache that cannot be written only costs the next start a `qemu -version`.
+    if std::fs::create_dir_all(paths.cache_dir()).is_ok() {
+        if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(paths.cache_dir()) {
+            use std::io::Write;
+            if writeln!(tmp, "{stamp}\n{version}").is_ok() {
+                let _ = tmp.persist(&cache);
+            }
+        }
+    }
+    Ok(version)
+}
+
 /// Every template in the store.
 pub fn list(paths: &Paths) -> Result<Vec<Template>, Error> {
     let root = dir(paths);

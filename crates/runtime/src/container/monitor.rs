@@ -336,9 +336,7 @@ fn start_vm(paths: &Paths, shared: &Shared, config: &SandboxConfig) -> Result<(S
     if shared.config.no_template || !template::enabled(paths) {
         return Ok((Sandbox::boot(config)?, "cold boot (templates disabled)".into()));
     }
-    let prepared = bulkhead_vmm::find_qemu()
-        .and_then(|qemu| bulkhead_vmm::qemu_version(&qemu))
-        .map_err(Error::from)
+    let prepared = template::qemu_version(paths)
         .and_then(|version| template::meta_for(config, &shared.config.kernel_digest, &version))
         .and_then(|meta| template::ensure(paths, config, &meta));
     let template = match prepared {

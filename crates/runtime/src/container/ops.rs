@@ -714,7 +714,6 @@ pub fn warm_template(
         ready_timeout: Duration::from_secs(60),
         net,
     };
-    let qemu = bulkhead_vmm::find_qemu()?;
-    let meta = crate::template::meta_for(&config, &kernel.digest, &bulkhead_vmm::qemu_version(&qemu)?)?;
+    let meta = crate::template::meta_for(&config, &kernel.digest, &crate::template::qemu_version(paths)?)?;
     crate::template::ensure(paths, &config, &meta)
 }
