@@ -120,6 +120,13 @@ fn a_damaged_template_falls_back_to_a_cold_boot() {
     // The damaged one is gone; the next start builds a sound one and uses it.
     env.ok(&["run", "--name", "next", "busybox", "true"]);
     assert!(start_path(&env, "next").starts_with("template "), "{}", start_path(&env, "next"));
+
+    // A garbled description is a template that does not exist: rebuilt in place.
+    let key = template_keys(&env).pop().unwrap();
+    std::fs::write(env.root().join("templates").join(&key).join("meta.json"), b"{garbage").unwrap();
+    env.ok(&["run", "--name", "third", "busybox", "true"]);
+    assert_eq!(start_path(&env, "third"), format!("template {}", &key[..12]));
+    assert_eq!(template_keys(&env), vec![key]);
     assert!(env.processes().is_empty(), "{:?}", env.processes());
 }
 

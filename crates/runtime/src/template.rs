@@ -131,6 +131,10 @@ pub fn ensure(paths: &Paths, config: &SandboxConfig, meta: &TemplateMeta) -> Res
     if let Some(template) = load(&home) {
         return Ok(template);
     }
+    // A directory that does not load (damaged description, missing state) is rebuilt.
+    if home.exists() {
+        std::fs::remove_dir_all(&home).map_err(Error::io("removing the damaged template", &home))?;
+    }
     build(paths, config, meta, &home)?;
     load(&home).ok_or_else(|| Error::Corrupt(format!("template {key} was built but cannot be read back")))
 }
