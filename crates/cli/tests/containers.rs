@@ -95,6 +95,30 @@ fn errors_use_dockers_exit_codes() {
     assert!(text(&out.stderr).contains("at least 64 MiB"), "{}", text(&out.stderr));
     let out = env.run(&["run", "--rm", "--restart", "sometimes", "busybox", "true"]);
     assert_eq!(code(&out), 125);
+    // Garbage on the command line: one clear line, exit 125, nothing created.
+    for (args, want) in [
+        (&["run", "--rm", "--cpus", "lots", "busybox", "true"][..], "invalid --cpus"),
+        (&["run", "--rm", "-e", "=x", "busybox", "true"][..], "invalid environment variable"),
+        (&["run", "--rm", "--name", "a/b", "busybox", "true"][..], "invalid container name"),
+        (&["run", "--rm", "--tmpfs", "relative", "busybox", "true"][..], "invalid --tmpfs"),
+        (&["run", "--rm", "--accel", "hvf", "busybox", "true"][..], "unknown accelerator"),
+        (
+            &["run", "--rm", "--env-file", "/no/such/file", "busybox", "true"][..],
+            "reading env file /no/such/file",
+        ),
+    ] {
+        let out = env.run(args);
+        assert_eq!(code(&out), 125, "{args:?}: {}", text(&out.stderr));
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(want) && stderr.lines().count() == 1, "{args:?}: {stderr}");
+    }
+    let out = env.run(&["kill", "-s", "NOPE", "anything"]);
+    assert!(text(&out.stderr).contains("invalid signal \"NOPE\""), "{}", text(&out.stderr));
+    let out = env.run(&["cp", "here", "there"]);
+    assert!(text(&out.stderr).contains("exactly one CONTAINER:PATH"), "{}", text(&out.stderr));
+    let out = env.run(&["logs", "nosuch"]);
+    assert!(text(&out.stderr).contains("no such container: nosuch"), "{}", text(&out.stderr));
+    assert_eq!(env.ok(&["ps", "-a", "-q"]), "", "a refused command left a container");
     env.ok(&["create", "--name", "taken", "busybox", "true"]);
     let out = env.run(&["create", "--name", "taken", "busybox", "true"]);
     assert_eq!(code(&out), 125);
