@@ -126,7 +126,14 @@ fn a_damaged_template_falls_back_to_a_cold_boot() {
     std::fs::write(env.root().join("templates").join(&key).join("meta.json"), b"{garbage").unwrap();
     env.ok(&["run", "--name", "third", "busybox", "true"]);
     assert_eq!(start_path(&env, "third"), format!("template {}", &key[..12]));
-    assert_eq!(template_keys(&env), vec![key]);
+    assert_eq!(template_keys(&env), vec![key.clone()]);
+
+    // A truncated memory file (QEMU would grow it with zeroes) is one too.
+    let memory = env.root().join("templates").join(&key).join("memory");
+    std::fs::OpenOptions::new().write(true).open(&memory).unwrap().set_len(1 << 20).unwrap();
+    env.ok(&["run", "--name", "fourth", "busybox", "true"]);
+    assert_eq!(start_path(&env, "fourth"), format!("template {}", &key[..12]));
+    assert_eq!(std::fs::metadata(&memory).unwrap().len(), 256 << 20);
     assert!(env.processes().is_empty(), "{:?}", env.processes());
 }
 

@@ -17,6 +17,7 @@ use bulkhead_proto::{
 
 use crate::container::{Container, Launch};
 use crate::port::{Port, Windows};
+use crate::spawn::Spawner;
 use crate::{copy, stats, Error};
 
 /// Finds the virtio-serial port named [`AGENT_PORT_NAME`] and opens it. Ports appear shortly
@@ -47,7 +48,7 @@ fn find_port(class: &Path) -> Option<String> {
 }
 
 /// Serves the host until it asks for a shutdown (`Ok`) or the channel fails (`Err`).
-pub fn serve(port: File, boot: BootTimes) -> Result<(), Error> {
+pub fn serve(port: File, spawner: Spawner, boot: BootTimes) -> Result<(), Error> {
     let writer = port.try_clone().map_err(|source| Error::OpenPort { path: "agent port".into(), source })?;
     let port_out = Arc::new(Port::new(writer));
     let mut reader = FrameReader::new(port);
@@ -82,11 +83,15 @@ pub fn serve(port: File, boot: BootTimes) -> Result<(), Error> {
         windows: Arc::new(Windows::default()),
         inputs: HashMap::new(),
         container: None,
+        spawner: Some(spawner),
     };
     loop {
         match reader.read_frame()?.ok_or(Error::HostGone)? {
             Frame::Data { stream, bytes } => agent.data(stream, bytes)?,
             Frame::Message(Message::Shutdown) => {
+                // Everything written is on the host's side once this returns; the host may end
+                // the VM as soon as it has the reply, without waiting for the guest to reboot.
+                nix::unistd::sync();
                 agent.port.message(Message::ShuttingDown)?;
                 return Ok(());
             }
@@ -101,6 +106,8 @@ struct Agent {
     /// Host → guest streams that are open: stdin of processes, archives of `CopyIn`.
     inputs: HashMap<u32, Sender<Vec<u8>>>,
     container: Option<Container>,
+    /// Made at boot; the container takes it at `Setup`.
+    spawner: Option<Spawner>,
 }
 
 impl Agent {
@@ -137,14 +144,17 @@ impl Agent {
                 }
                 return Ok(());
             }
-            Message::Setup { container } => match &self.container {
-                Some(_) => error("setup: the container is already set up"),
-                None => match Container::setup(&container) {
+            Message::Setup { container } => match (&self.container, self.spawner.take()) {
+                (Some(_), _) | (None, None) => error("setup: the container is already set up"),
+                (None, Some(spawner)) => match Container::setup(&container, spawner) {
                     Ok(c) => {
                         self.container = Some(c);
                         Message::SetupDone
                     }
-                    Err(e) => error(format!("setup: {e}")),
+                    Err((e, spawner)) => {
+                        self.spawner = Some(spawner);
+                        error(format!("setup: {e}"))
+                    }
                 },
             },
             Message::Start { id, process } => {
@@ -229,9 +239,7 @@ fn error(message: impl Into<String>) -> Message {
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) {
-    if let Err(e) = std::thread::Builder::new().name(name.into()).spawn(f) {
-        eprintln!("bulkhead-guest: starting a {name} thread: {e}");
-    }
+    crate::workers::run(name, f);
 }
 
 /// Sets the wall clock from the host's, so the guest's time is right before anything runs.

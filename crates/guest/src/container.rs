@@ -18,10 +18,11 @@ use bulkhead_proto::{ContainerSpec, ExitStatus, Message, ProcessSpec, Rlimit, Wi
 
 use crate::lookup::{self, StartFailure};
 use crate::port::{Port, Windows};
-use crate::rootfs::{self, Rootfs, SetupError};
+use crate::rootfs::{self, Rootfs};
 use crate::spawn::{Namespaces, Plan, SpawnError, Spawned, Spawner, Step};
 use crate::stdio::{self, Streams};
 use crate::users;
+use crate::workers;
 
 /// `PATH` for processes whose environment has none (Docker's).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -66,11 +67,16 @@ pub struct Launch {
 }
 
 impl Container {
-    /// Mounts the root filesystem and starts the spawner.
-    pub fn setup(spec: &ContainerSpec) -> Result<Container, String> {
-        crate::net::configure(spec.network.as_ref()).map_err(|e| e.to_string())?;
-        let rootfs = rootfs::setup(spec).map_err(|e: SetupError| e.to_string())?;
-        let spawner = Spawner::start().map_err(|e| e.to_string())?;
+    /// Configures the network and mounts the root filesystem; `spawner` forks the processes. On
+    /// failure the spawner comes back with the error, for another try.
+    pub fn setup(spec: &ContainerSpec, spawner: Spawner) -> Result<Container, (String, Spawner)> {
+        if let Err(e) = crate::net::configure(spec.network.as_ref()) {
+            return Err((e.to_string(), spawner));
+        }
+        let rootfs = match rootfs::setup(spec) {
+            Ok(rootfs) => rootfs,
+            Err(e) => return Err((e.to_string(), spawner)),
+        };
         Ok(Container { rootfs, spawner, main: Main::NotStarted, processes: Arc::default() })
     }
 
@@ -170,7 +176,7 @@ impl Container {
             Err(SpawnError::Child { step: Step::Exec, errno }) => {
                 return Err(StartFailure::from_exec_errno(errno, format!("exec {program:?}: {errno}")));
             }
-            Err(SpawnError::Parent(what, nix::errno::Errno::ENOMEM)) if what == "fork" && !is_main => {
+            Err(SpawnError::Parent(what, nix::errno::Errno::ENOMEM)) if what == "clone" && !is_main => {
                 return Err(StartFailure::other("the container's main process has exited"));
             }
             Err(e) => return Err(StartFailure::other(e.to_string())),
@@ -231,17 +237,17 @@ impl Launch {
             let (tx, rx) = mpsc::channel();
             inputs.insert(stream, tx);
             let port = Arc::clone(port);
-            spawn_thread("stdin", move || stdio::feed(sink, stream, rx, &port));
+            workers::run("stdin", move || stdio::feed(sink, stream, rx, &port));
         }
         let pumps: Vec<_> = outputs
             .into_iter()
-            .filter_map(|(stream, source)| {
+            .map(|(stream, source)| {
                 let (port, windows) = (Arc::clone(port), Arc::clone(windows));
-                spawn_thread("output", move || stdio::pump(source, stream, &port, &windows))
+                workers::run("output", move || stdio::pump(source, stream, &port, &windows))
             })
             .collect();
         let port = Arc::clone(port);
-        spawn_thread("process", move || {
+        workers::run("process", move || {
             // The reaper never drops a registered waiter without a status.
             let status = exit.recv().unwrap_or(ExitStatus::Code(255));
             if let Some(entry) = lock(&processes).get_mut(&id) {
@@ -252,21 +258,10 @@ impl Launch {
                 exited.store(true, Ordering::SeqCst);
             }
             for pump in pumps {
-                let _ = pump.join();
+                pump.join();
             }
             port.message_or_log(Message::Exited { id, status });
         });
-    }
-}
-
-/// Starts a named thread; a failure to start one is logged (the stream then stays silent).
-fn spawn_thread(name: &str, f: impl FnOnce() + Send + 'static) -> Option<std::thread::JoinHandle<()>> {
-    match std::thread::Builder::new().name(name.into()).spawn(f) {
-        Ok(handle) => Some(handle),
-        Err(e) => {
-            eprintln!("bulkhead-guest: starting a {name} thread: {e}");
-            None
-        }
     }
 }
 

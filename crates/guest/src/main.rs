@@ -24,6 +24,7 @@ mod spawn;
 mod stats;
 mod stdio;
 mod users;
+mod workers;
 
 use std::time::Duration;
 
@@ -50,9 +51,17 @@ fn run(init_start_ns: u64) -> Result<(), Error> {
     reaper::start()?;
     mounts::leave_initramfs()?;
     mounts::mount_all()?;
+    // Everything a container needs that does not depend on it is made now, before the first
+    // `Hello`, so that a VM restored from a template has it already: the loopback interface,
+    // the spawner (and the container's pid namespace), the container's /dev and /sys, and the
+    // threads that will pump its streams.
+    net::loopback_up().map_err(|e| Error::Prepare(format!("bringing up lo: {e}")))?;
+    let spawner = spawn::Spawner::start().map_err(|e| Error::Prepare(e.to_string()))?;
+    rootfs::prepare().map_err(|e| Error::Prepare(e.to_string()))?;
+    workers::prepare().map_err(Error::Thread)?;
     let port = agent::open_port(Duration::from_secs(10))?;
     let ready_ns = boottime_ns();
-    agent::serve(port, bulkhead_proto::BootTimes { init_start_ns, ready_ns })
+    agent::serve(port, spawner, bulkhead_proto::BootTimes { init_start_ns, ready_ns })
 }
 
 /// Nanoseconds of `CLOCK_BOOTTIME`: time since the kernel started, including suspend.
@@ -90,4 +99,6 @@ pub enum Error {
     SwitchRoot { step: &'static str, source: nix::Error },
     #[error("starting the reaper thread: {0}")]
     Thread(std::io::Error),
+    #[error("preparing for containers: {0}")]
+    Prepare(String),
 }

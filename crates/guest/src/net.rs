@@ -39,7 +39,6 @@ pub enum Error {
 /// Brings `lo` up and, with a spec, configures the NIC it names. Called once from `Setup`.
 pub fn configure(spec: Option<&NetworkSpec>) -> Result<(), Error> {
     let sock = socket()?;
-    set_up(&sock, "lo")?;
     if let Some(spec) = spec {
         let class = Path::new("/sys/class/net");
         let ifname = match find_by_mac(class, &spec.mac) {
@@ -121,6 +120,11 @@ pub fn socket() -> Result<OwnedFd, Error> {
     }
     // SAFETY: `fd` is a new, valid descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Brings up the loopback interface; done at boot, so a template has it up already.
+pub fn loopback_up() -> Result<(), Error> {
+    set_up(&socket()?, "lo")
 }
 
 fn set_up(sock: &OwnedFd, ifname: &str) -> Result<(), Error> {

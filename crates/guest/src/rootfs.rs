@@ -1,6 +1,7 @@
-//! The container's root filesystem (`Setup`): the image disk read-only under an overlay whose
-//! upper layer is the writable disk, with `/dev`, `/sys`, `/etc/hosts`, `/etc/hostname`,
-//! `/etc/resolv.conf` and the `--tmpfs` paths mounted in it.
+//! The container's root filesystem (`Setup`): the container's own copy-on-write disk (what
+//! containers get), or the image disk read-only under an overlay whose upper layer is a writable
+//! disk or a tmpfs; with `/dev`, `/sys`, `/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf` and
+//! the `--tmpfs` paths mounted in it.
 //!
 //! Everything is mounted in the init's mount namespace under [`ROOTFS`]; the main process copies
 //! that tree into its own namespace, mounts its `/proc` and pivots into it. Paths inside the
@@ -12,6 +13,7 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bulkhead_proto::ContainerSpec;
 use nix::errno::Errno;
@@ -24,6 +26,13 @@ const BASE: &str = "/run/bulkhead";
 /// The container's root, as the init sees it.
 pub const ROOTFS: &str = "/run/bulkhead/rootfs";
 
+/// The container's `/dev` and `/sys`, made at boot (see [`prepare`]) and moved into the root
+/// at `Setup`.
+const STAGED_DEV: &str = "/run/bulkhead/staged/dev";
+const STAGED_SYS: &str = "/run/bulkhead/staged/sys";
+/// Whether the staged trees are there to be moved.
+static STAGED: AtomicBool = AtomicBool::new(false);
+
 /// Largest file read from the image for lookups (`/etc/passwd`, `/etc/group`).
 const MAX_READ: u64 = 4 << 20;
 
@@ -31,6 +40,8 @@ const MAX_READ: u64 = 4 << 20;
 pub enum SetupError {
     #[error("root filesystem type {0:?} is not supported (use erofs or ext4)")]
     FsType(String),
+    #[error("a writable root disk must be ext4 and comes without a writable-layer device")]
+    WritableRoot,
     #[error("{what} {path:?} is not a block device")]
     NotBlockDevice { what: &'static str, path: String },
     #[error("hostname {0:?} is not valid: at most 64 bytes, no NUL or '/'")]
@@ -133,6 +144,19 @@ impl Rootfs {
     }
 }
 
+/// Makes the container's `/dev` (a tmpfs with its device nodes, its own devpts instance and
+/// `/dev/shm`) and `/sys` (read-only) before the container is known, so that a template holds
+/// them already and `Setup` only moves them into place. Nothing in them belongs to a container:
+/// the devpts instance has no terminals yet and the tmpfs holds only the fixed nodes.
+pub fn prepare() -> Result<(), SetupError> {
+    create_dir(STAGED_DEV)?;
+    create_dir(STAGED_SYS)?;
+    make_dev(Path::new(STAGED_DEV))?;
+    mount_at("sysfs", STAGED_SYS, "sysfs", MsFlags::MS_RDONLY | nosuid_nodev_noexec(), None)?;
+    STAGED.store(true, Ordering::SeqCst);
+    Ok(())
+}
+
 /// Mounts the container's root filesystem as `spec` describes.
 pub fn setup(spec: &ContainerSpec) -> Result<Rootfs, SetupError> {
     let fstype = match spec.root_fstype.as_str() {
@@ -141,6 +165,9 @@ pub fn setup(spec: &ContainerSpec) -> Result<Rootfs, SetupError> {
         other => return Err(SetupError::FsType(other.into())),
     };
     check_block_device("root device", &spec.root_device)?;
+    if spec.root_writable && (spec.rw_device.is_some() || fstype != "ext4") {
+        return Err(SetupError::WritableRoot);
+    }
     if let Some(rw) = &spec.rw_device {
         check_block_device("writable-layer device", rw)?;
     }
@@ -150,10 +177,8 @@ pub fn setup(spec: &ContainerSpec) -> Result<Rootfs, SetupError> {
     }
     let tmpfs = spec.tmpfs.iter().map(|t| TmpfsMount::parse(t)).collect::<Result<Vec<_>, _>>()?;
 
-    let lower = format!("{BASE}/lower");
-    let rw = format!("{BASE}/rw");
     let etc = format!("{BASE}/etc");
-    for dir in [&lower, &rw, &etc, &ROOTFS.to_owned()] {
+    for dir in [&etc, &ROOTFS.to_owned()] {
         create_dir(dir)?;
     }
     // A VM restored from a template may hold blocks it read from placeholder disks.
@@ -164,21 +189,14 @@ pub fn setup(spec: &ContainerSpec) -> Result<Rootfs, SetupError> {
             source,
         })?;
     }
-    mount_at(&spec.root_device, &lower, fstype, MsFlags::MS_RDONLY, None)?;
-    match &spec.rw_device {
-        // The host makes the layer with uninitialised inode tables (mkfs is instant that way);
-        // `noinit_itable` keeps ext4 from zeroing them in the background, which under
-        // emulation costs the container most of a CPU for minutes.
-        Some(dev) => mount_at(dev, &rw, "ext4", MsFlags::MS_NOATIME, Some("noinit_itable"))?,
-        None => mount_at("tmpfs", &rw, "tmpfs", MsFlags::empty(), Some("mode=0755"))?,
+    if spec.root_writable {
+        // The container's own copy-on-write disk is its root: one mount, no overlay. The host
+        // makes the filesystem with uninitialised inode tables; `noinit_itable` keeps ext4 from
+        // zeroing them in the background, which under emulation costs most of a CPU for minutes.
+        mount_at(&spec.root_device, ROOTFS, fstype, MsFlags::MS_NOATIME, Some("noinit_itable"))?;
+    } else {
+        mount_overlay(spec, fstype)?;
     }
-    let upper = format!("{rw}/upper");
-    let work = format!("{rw}/work");
-    create_dir(&upper)?;
-    create_dir(&work)?;
-    let options = format!("lowerdir={lower},upperdir={upper},workdir={work}");
-    mount_at("overlay", ROOTFS, "overlay", MsFlags::empty(), Some(&options))?;
-
     let root = File::open(ROOTFS).map_err(|source| SetupError::Io {
         what: "opening",
         path: ROOTFS.into(),
@@ -187,10 +205,17 @@ pub fn setup(spec: &ContainerSpec) -> Result<Rootfs, SetupError> {
     let rootfs = Rootfs { path: PathBuf::from(ROOTFS), root: root.into(), hostname };
 
     rootfs.mount_point("/proc")?;
-    mount_dev(&rootfs)?;
-    let sys = rootfs.mount_point("/sys")?;
-    let ro_nosuid_nodev_noexec = MsFlags::MS_RDONLY | nosuid_nodev_noexec();
-    mount_at("sysfs", &sys, "sysfs", ro_nosuid_nodev_noexec, None)?;
+    // Each staged tree moves once; a setup after one that failed past this point makes its own.
+    let dev = rootfs.mount_point("/dev")?;
+    if STAGED.swap(false, Ordering::SeqCst) {
+        mount_at(STAGED_DEV, &dev, "", MsFlags::MS_MOVE, None)?;
+        let sys = rootfs.mount_point("/sys")?;
+        mount_at(STAGED_SYS, &sys, "", MsFlags::MS_MOVE, None)?;
+    } else {
+        make_dev(&dev)?;
+        let sys = rootfs.mount_point("/sys")?;
+        mount_at("sysfs", &sys, "sysfs", MsFlags::MS_RDONLY | nosuid_nodev_noexec(), None)?;
+    }
 
     let hosts = if spec.hosts.is_empty() {
         format!(
@@ -228,16 +253,35 @@ pub fn setup(spec: &ContainerSpec) -> Result<Rootfs, SetupError> {
     Ok(rootfs)
 }
 
+/// The image's disk read-only under an overlay whose upper layer is the writable-layer disk (or
+/// a tmpfs), mounted at [`ROOTFS`].
+fn mount_overlay(spec: &ContainerSpec, fstype: &str) -> Result<(), SetupError> {
+    let lower = format!("{BASE}/lower");
+    let rw = format!("{BASE}/rw");
+    create_dir(&lower)?;
+    create_dir(&rw)?;
+    mount_at(&spec.root_device, &lower, fstype, MsFlags::MS_RDONLY, None)?;
+    match &spec.rw_device {
+        Some(dev) => mount_at(dev, &rw, "ext4", MsFlags::MS_NOATIME, Some("noinit_itable"))?,
+        None => mount_at("tmpfs", &rw, "tmpfs", MsFlags::empty(), Some("mode=0755"))?,
+    }
+    let upper = format!("{rw}/upper");
+    let work = format!("{rw}/work");
+    create_dir(&upper)?;
+    create_dir(&work)?;
+    let options = format!("lowerdir={lower},upperdir={upper},workdir={work}");
+    mount_at("overlay", ROOTFS, "overlay", MsFlags::empty(), Some(&options))
+}
+
 fn nosuid_nodev_noexec() -> MsFlags {
     MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC
 }
 
-/// A minimal `/dev`: a tmpfs with the usual character devices and links, its own devpts
-/// instance (so the container's ptys are its own) and `/dev/shm`.
-fn mount_dev(rootfs: &Rootfs) -> Result<(), SetupError> {
-    let dev = rootfs.mount_point("/dev")?;
+/// A minimal `/dev` at `dev`: a tmpfs with the usual character devices and links, its own
+/// devpts instance (so the container's ptys are its own) and `/dev/shm`.
+fn make_dev(dev: &Path) -> Result<(), SetupError> {
     let dev_str = dev.display().to_string();
-    mount_at("tmpfs", &dev, "tmpfs", MsFlags::MS_NOSUID, Some("mode=0755,size=65536k"))?;
+    mount_at("tmpfs", dev, "tmpfs", MsFlags::MS_NOSUID, Some("mode=0755,size=65536k"))?;
     const NODES: &[(&str, u64, u64)] =
         &[("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)];
     for &(name, major, minor) in NODES {

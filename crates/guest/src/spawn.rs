@@ -7,10 +7,11 @@
 //! the same namespace, still a child of the init so the reaper gets its status. A thread in that
 //! state may not start threads, which the spawner never does.
 //!
-//! Between `fork` and `exec` the child of a multithreaded process may only make
-//! async-signal-safe calls, so [`Plan`] holds every string and descriptor the child needs,
-//! prepared before the fork, and the child makes only raw system calls. It reports a failed step
-//! through a close-on-exec pipe; end of file on that pipe means `execve` succeeded.
+//! The child is cloned as `vfork` would make it (sharing the init's memory, the spawner suspended
+//! until the child execs), and until `exec` it may only make async-signal-safe calls, so
+//! [`Plan`] holds every string and descriptor the child needs, prepared before the clone, and the
+//! child makes only raw system calls. It reports a failed step through a close-on-exec pipe; end
+//! of file on that pipe means `execve` succeeded.
 
 use std::ffi::{c_char, CString};
 use std::fs::File;
@@ -234,23 +235,51 @@ fn spawn(plan: Plan) -> Result<Spawned, SpawnError> {
         report: report_write.as_raw_fd(),
     };
     let (tx, exit) = mpsc::channel();
+    // The child's stack. The child shares this process's memory until it execs (see below), so
+    // it must not run on ours; untouched pages of it cost nothing.
+    let mut stack = vec![0u8; CHILD_STACK];
 
-    let mut waiters = reaper::lock_waiters();
-    // SAFETY: the child runs only `child`, which makes raw system calls on memory prepared above
-    // (alive in the child's copy of this stack frame) and never returns: it ends in `execve` or
-    // `_exit`. It takes no lock and allocates nothing, so the other threads' state does not matter.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        // SAFETY: we are the freshly forked child; see `child`.
-        unsafe { child(&prepared) }
+    // No handler of ours may run in the child, which shares our memory: every signal stays
+    // blocked until the child has reset all dispositions.
+    // SAFETY: both are plain C structs for which all-zero bytes are valid, filled in by
+    // sigfillset and pthread_sigmask before use.
+    let (mut all, mut saved) =
+        unsafe { (std::mem::zeroed::<libc::sigset_t>(), std::mem::zeroed::<libc::sigset_t>()) };
+    // SAFETY: valid, writable sigset_t values.
+    unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut saved);
     }
+    let mut waiters = reaper::lock_waiters();
+    // The child is started as vfork(2) starts one: in our address space, with this thread
+    // suspended until it has exec'd or exited. Copying the init's page tables, as fork(2) would,
+    // is the slowest part of a start under emulation, and the child throws them away at once.
+    // SAFETY: `stack` is a live allocation of CHILD_STACK bytes and its end (aligned down to
+    // 16) is the child's initial stack pointer; the child runs only `child_entry`, which makes
+    // raw system calls on `prepared` (alive: this thread waits for the child before going on)
+    // and ends in `execve` or `_exit` without returning, allocating or taking a lock. SIGCHLD as
+    // the exit signal lets the reaper collect it like any other child.
+    let pid = unsafe {
+        let top = stack.as_mut_ptr().add(CHILD_STACK);
+        let top = top.sub(top as usize % 16);
+        libc::clone(
+            child_entry,
+            top.cast(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            std::ptr::from_ref(&prepared).cast_mut().cast(),
+        )
+    };
+    let clone_error = Errno::last();
+    // SAFETY: restores the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &saved, std::ptr::null_mut()) };
+    drop(stack);
     if pid < 0 {
-        return Err(SpawnError::Parent("fork", Errno::last()));
+        return Err(SpawnError::Parent("clone", clone_error));
     }
     waiters.insert(pid, tx);
     drop(waiters);
     drop(prepared);
-    // The child holds its own copies now; the write ends must close here for EOF to mean exec.
+    // The child has its own descriptor table; the write end must close here for EOF to mean exec.
     drop(report_write);
     drop(plan);
 
@@ -296,25 +325,37 @@ fn check<T: Into<i64>>(report: RawFd, step: Step, ret: T) {
     }
 }
 
-/// The child's side of the fork: set up the process and exec it.
+/// Stack of a child until it execs.
+const CHILD_STACK: usize = 256 * 1024;
+
+/// Where the child starts: `arg` is the parent's [`Prepared`].
+extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `spawn` passes a pointer to its `Prepared`, which outlives the child's use of it
+    // (the parent is suspended until the child execs or exits).
+    unsafe { child(&*arg.cast::<Prepared>()) }
+}
+
+/// The child's side of the clone: set up the process and exec it.
 ///
 /// # Safety
-/// Must run only in a freshly forked child of a multithreaded process; it does only
-/// async-signal-safe system calls on the prepared data and never returns.
+/// Must run only in a child made by `spawn`'s clone (sharing the parent's memory, the parent
+/// suspended, every signal blocked); it does only async-signal-safe system calls on the prepared
+/// data, writes no memory but its own stack, and never returns.
 unsafe fn child(p: &Prepared) -> ! {
     let plan = p.plan;
     let r = p.report;
 
-    // The init blocks SIGCHLD in every thread and Rust ignores SIGPIPE; a new program must start
-    // with neither. Ignored dispositions survive exec, so reset them all (errors for the signals
-    // that cannot be changed are expected).
-    // SAFETY: valid pointers to initialised, live values; sigprocmask and sigaction are
+    // Rust ignores SIGPIPE and the init blocks SIGCHLD in every thread (and `spawn` blocked
+    // everything); a new program must start with none of that. Ignored dispositions survive
+    // exec, so reset them all first (errors for the signals that cannot be changed are
+    // expected), then unblock.
+    // SAFETY: valid pointers to initialised, live values; sigaction and sigprocmask are
     // async-signal-safe.
     unsafe {
-        check(r, Step::Signals, libc::sigprocmask(libc::SIG_SETMASK, &p.empty_mask, std::ptr::null_mut()));
         for signal in 1..65 {
             libc::sigaction(signal, &p.default_action, std::ptr::null_mut());
         }
+        check(r, Step::Signals, libc::sigprocmask(libc::SIG_SETMASK, &p.empty_mask, std::ptr::null_mut()));
     }
 
     match &plan.namespaces {

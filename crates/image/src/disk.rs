@@ -1,5 +1,7 @@
-//! Read-only root disks: an image's flattened layers as an ext4 filesystem image, built once per
-//! manifest digest into `disks/<hex>.img` and shared by every VM of that image.
+//! Root disks: an image's flattened layers as an ext4 filesystem image, built once per manifest
+//! digest into `disks/<hex>.ext4` and never written again. Each container gets a copy-on-write
+//! disk (qcow2) backed by it, which its VM mounts read-write as the root: the filesystem has
+//! [`ROOT_DISK_BYTES`] of room (sparse: only what the image holds takes space) and a journal.
 //!
 //! ext4 because Debian 12's `mke2fs -d` builds it from a tree in about a second and `debugfs`
 //! can both add what the host refused to create (device nodes, ownership an unprivileged unpack
@@ -17,6 +19,9 @@ use crate::{Digest, Error, Store};
 
 const BLOCK: u64 = 4096;
 
+/// The size of a root filesystem (more if the image needs it): what a container can write.
+pub const ROOT_DISK_BYTES: u64 = 8 << 30;
+
 /// The cached root disk of the image whose manifest digest is `image_digest` (a reference is
 /// accepted too), building it first if needed. Safe to call concurrently: one caller builds,
 /// the others wait for it and get the same file.
@@ -26,7 +31,7 @@ pub fn root_disk(store: &Store, image_digest: &str) -> Result<PathBuf, Error> {
         Err(_) => store.lookup(image_digest)?.1,
     };
     let disks = store.root().join("disks");
-    let path = disks.join(format!("{}.img", digest.hex()));
+    let path = disks.join(format!("{}.ext4", digest.hex()));
     if path.is_file() {
         return Ok(path);
     }
@@ -40,6 +45,7 @@ pub fn root_disk(store: &Store, image_digest: &str) -> Result<PathBuf, Error> {
         .map_err(|e| Error::io("creating temporary directory in", store.tmp_dir(), e))?;
     let tree = work.path().join("rootfs");
     let report = unpack_image(store, &digest, &tree, &UnpackOptions::default())?;
+    add_mount_points(&tree)?;
     let image = work.path().join("disk.img");
     build_ext4(&tree, &report, &image)?;
     fs::set_permissions(&image, fs::Permissions::from_mode(0o444))
@@ -49,21 +55,52 @@ pub fn root_disk(store: &Store, image_digest: &str) -> Result<PathBuf, Error> {
     Ok(path)
 }
 
-/// Builds a read-only-use ext4 image at `image` from `tree`, then adds the report's device
-/// nodes and ownership with `debugfs`.
+/// Creates what the guest mounts over (`/proc`, `/dev`, `/sys`, `/etc/hosts`, `/etc/hostname`,
+/// `/etc/resolv.conf`) where the image has nothing at all, so that starting a container writes
+/// nothing to its disk. Whatever the image has at those paths (even a symlink) stays as it is.
+fn add_mount_points(tree: &Path) -> Result<(), Error> {
+    let absent =
+        |p: &Path| matches!(fs::symlink_metadata(p), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+    for dir in ["proc", "dev", "sys", "etc"] {
+        let path = tree.join(dir);
+        if absent(&path) {
+            fs::create_dir(&path).map_err(|e| Error::io("creating", &path, e))?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+                .map_err(|e| Error::io("setting mode of", &path, e))?;
+        }
+    }
+    let etc = tree.join("etc");
+    if fs::symlink_metadata(&etc).is_ok_and(|m| m.is_dir()) {
+        for name in ["hosts", "hostname", "resolv.conf"] {
+            let path = etc.join(name);
+            if absent(&path) {
+                File::create(&path).map_err(|e| Error::io("creating", &path, e))?;
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o644))
+                    .map_err(|e| Error::io("setting mode of", &path, e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Builds an ext4 image at `image` from `tree` with [`ROOT_DISK_BYTES`] of room, then adds the
+/// report's device nodes and ownership with `debugfs`.
 pub fn build_ext4(tree: &Path, report: &UnpackReport, image: &Path) -> Result<(), Error> {
     let (bytes, inodes) = measure(tree)?;
-    let inodes = inodes + report.devices.len() as u64 + 64;
     // Data blocks, one 256-byte inode each, plus room for directories' extent and htree blocks,
-    // group descriptors and bitmaps.
-    let size = (bytes + inodes * 256) / 10 * 11 + (16 << 20);
-    let size = size.div_ceil(BLOCK) * BLOCK;
+    // group descriptors, bitmaps and the journal; then room to write, and one inode per 16 KiB.
+    let needed = (bytes + (inodes + report.devices.len() as u64) * 256) / 10 * 11 + (256 << 20);
+    let size = needed.max(ROOT_DISK_BYTES).div_ceil(BLOCK) * BLOCK;
+    let inodes = (inodes + report.devices.len() as u64 + 64).max(size / 16384);
     let file = File::create(image).map_err(|e| Error::io("creating", image, e))?;
     file.set_len(size).map_err(|e| Error::io("sizing", image, e))?;
     drop(file);
     let out = Command::new("mke2fs")
         .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-I", "256", "-m", "0", "-L", "bulkhead-root"])
-        .args(["-O", "^has_journal,^resize_inode,^metadata_csum_seed", "-E", "lazy_itable_init=0,nodiscard"])
+        // Inode tables and journal are left unwritten (the file stays sparse); the guest mounts
+        // with `noinit_itable` so that it does not zero them either.
+        .args(["-O", "^resize_inode,^metadata_csum_seed"])
+        .args(["-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
         .arg("-N")
         .arg(inodes.to_string())
         .arg("-d")

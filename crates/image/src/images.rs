@@ -191,7 +191,8 @@ impl Store {
                 report.blobs += 1;
             }
         }
-        for (dir, suffix) in [("disks", ".img"), ("kernels", "")] {
+        // `.img` disks are an older, read-only layout, removed with their image like the others.
+        for (dir, suffix) in [("disks", ".ext4"), ("disks", ".img"), ("kernels", "")] {
             let dir = self.root().join(dir);
             for e in fs::read_dir(&dir).map_err(|e| Error::io("listing", &dir, e))? {
                 let e = e.map_err(|e| Error::io("listing", &dir, e))?;

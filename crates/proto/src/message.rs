@@ -140,12 +140,16 @@ pub enum Message {
 #[serde(deny_unknown_fields)]
 pub struct ContainerSpec {
     pub hostname: String,
-    /// Block device of the read-only root disk, e.g. `/dev/vda`.
+    /// Block device of the root disk, e.g. `/dev/vda`.
     pub root_device: String,
     /// Its filesystem: `erofs` or `ext4`.
     pub root_fstype: String,
-    /// Block device of the writable layer (ext4, made by the host), e.g. `/dev/vdb`. `None` keeps
-    /// the writable layer in guest memory (tmpfs).
+    /// The root disk is the container's own (copy-on-write on the host) and is mounted
+    /// read-write as the root itself: no overlay, and `rw_device` must be `None`.
+    #[serde(default)]
+    pub root_writable: bool,
+    /// With a read-only root disk: block device of the writable layer (ext4, made by the host),
+    /// e.g. `/dev/vdb`, under an overlay. `None` keeps the writable layer in guest memory (tmpfs).
     pub rw_device: Option<String>,
     /// Mount the container's root filesystem read-only (`--read-only`).
     pub read_only: bool,

@@ -2,6 +2,7 @@
 //! sandbox VM and talking to its agent, and the host check.
 
 pub mod check;
+pub mod clock;
 pub mod container;
 mod error;
 pub mod guest;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bulkhead_proto::{check_version, FrameReader, Message, PROTOCOL_VERSION};
-use bulkhead_vmm::{Accel, Disk, Vm, VmConfig};
+use bulkhead_vmm::{Accel, Disk, MemoryFile, Vm, VmConfig};
 use serde::Serialize;
 
 use crate::session::{clip, Event, Session};
@@ -78,22 +78,25 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 impl Sandbox {
     /// Boots the VM and completes the handshake.
     pub fn boot(config: &SandboxConfig) -> Result<Sandbox, Error> {
-        let mut sandbox = Sandbox::launch(config, None)?;
+        let mut sandbox = Sandbox::launch(config, None, None)?;
         sandbox.handshake(config.ready_timeout)?;
         Ok(sandbox)
     }
 
-    /// Starts a VM from a template's saved state (see [`crate::template`]) and completes the
-    /// handshake, which makes the restored guest its own machine.
-    pub fn restore(config: &SandboxConfig, state: &Path) -> Result<Sandbox, Error> {
-        let mut sandbox = Sandbox::launch(config, Some(state.to_owned()))?;
+    /// Starts a VM from a template's saved state and memory (see [`crate::template`]) and
+    /// completes the handshake, which makes the restored guest its own machine.
+    pub fn restore(config: &SandboxConfig, state: &Path, memory: &Path) -> Result<Sandbox, Error> {
+        let memory = MemoryFile { path: memory.to_owned(), shared: false };
+        let mut sandbox = Sandbox::launch(config, Some(state.to_owned()), Some(memory))?;
         sandbox.handshake(config.ready_timeout)?;
         Ok(sandbox)
     }
 
-    /// Boots a VM for a template: no handshake, only proof (a ping) that the init waits for it.
-    pub(crate) fn boot_unintroduced(config: &SandboxConfig) -> Result<Sandbox, Error> {
-        let mut sandbox = Sandbox::launch(config, None)?;
+    /// Boots a VM for a template, its RAM in `memory` (which it creates): no handshake, only
+    /// proof (a ping) that the init waits for it.
+    pub(crate) fn boot_unintroduced(config: &SandboxConfig, memory: &Path) -> Result<Sandbox, Error> {
+        let memory = MemoryFile { path: memory.to_owned(), shared: true };
+        let mut sandbox = Sandbox::launch(config, None, Some(memory))?;
         let remaining = config.ready_timeout.saturating_sub(sandbox.vm.spawned_at().elapsed());
         match sandbox.request(
             Message::Ping { seq: 0 },
@@ -105,7 +108,11 @@ impl Sandbox {
         }
     }
 
-    fn launch(config: &SandboxConfig, incoming: Option<PathBuf>) -> Result<Sandbox, Error> {
+    fn launch(
+        config: &SandboxConfig,
+        incoming: Option<PathBuf>,
+        memory_file: Option<MemoryFile>,
+    ) -> Result<Sandbox, Error> {
         let vm = Vm::start(&VmConfig {
             qemu: config.qemu.clone(),
             kernel: config.kernel.clone(),
@@ -119,6 +126,7 @@ impl Sandbox {
             console_log: config.console_log.clone(),
             net: config.net.clone(),
             incoming,
+            memory_file,
         })?;
         let clone = |vm: &Vm| {
             vm.agent().try_clone().map_err(|e| Error::Agent(format!("cloning the agent socket: {e}")))
@@ -224,12 +232,18 @@ impl Sandbox {
         }
     }
 
-    /// Asks the guest to flush and power off, and waits up to `timeout` for the VM to end;
-    /// stops it hard after that. Returns how long the graceful part took.
+    /// Asks the guest to flush its filesystems and ends the VM once it has; if the guest does not
+    /// answer, waits up to `timeout` for it to power off and stops it hard after that. Returns how
+    /// long the graceful part took.
     pub fn shutdown(mut self, timeout: Duration) -> Result<Duration, Error> {
         let start = Instant::now();
-        // The reply may be lost as the VM goes down; QEMU's exit is what counts.
-        let _ = self.session.request(Message::Shutdown, timeout);
+        // The guest answers once everything it wrote has reached QEMU, which writes it to the
+        // host (and, for a qcow2 disk, its metadata) before `quit` lets it exit. Waiting for the
+        // guest's own reboot would add nothing but time.
+        if let Ok(Message::ShuttingDown) = self.session.request(Message::Shutdown, timeout) {
+            self.vm.hard_stop()?;
+            return Ok(start.elapsed());
+        }
         let left = timeout.saturating_sub(start.elapsed());
         if self.vm.wait_timeout(left)?.is_some() {
             return Ok(start.elapsed());

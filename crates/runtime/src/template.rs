@@ -5,8 +5,9 @@
 //! initramfs (named by the init binary's digest), memory, vCPUs, the accelerator, the QEMU
 //! version, the kernel command line, and the device layout (each disk's mode and size, the kind of
 //! network card). A start whose key differs in anything gets another template, never this one.
-//! Templates live in `<root>/templates/<key>/` (`state`, `meta.json`); one lock per key makes
-//! concurrent starts build a template once. The guest side of restoring (making the restored VM
+//! Templates live in `<root>/templates/<key>/`: `memory` (the guest's RAM, which restored VMs
+//! map privately instead of reading it: see [`bulkhead_vmm::MemoryFile`]), `state` (the devices'
+//! state) and `meta.json`; one lock per key makes concurrent starts build a template once. The guest side of restoring (making the restored VM
 //! its own machine: entropy, clock, block caches, MAC) is in the guest's `identity` module.
 
 use std::fs::File;
@@ -21,7 +22,7 @@ use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::{Error, Paths};
 
 /// Bumped when what a template contains changes meaning.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 3;
 /// Read-only disks are presented to a template as this large, so no real root disk is larger
 /// than the size the restored guest believes in. The placeholder is sparse.
 const PLACEHOLDER_RO_BYTES: u64 = 64 << 30;
@@ -55,6 +56,7 @@ impl TemplateMeta {
 pub struct Template {
     pub key: String,
     pub state: PathBuf,
+    pub memory: PathBuf,
     pub meta: TemplateMeta,
     pub bytes: u64,
     pub created: Option<String>,
@@ -64,35 +66,38 @@ fn dir(paths: &Paths) -> PathBuf {
     paths.root.join("templates")
 }
 
-/// The template description for a container VM described by `config`.
-pub fn meta_for(
-    config: &SandboxConfig,
-    kernel_digest: &str,
-    qemu_version: &str,
-) -> Result<TemplateMeta, Error> {
-    let mut disks = Vec::new();
-    for disk in &config.disks {
-        let size = if disk.read_only {
-            PLACEHOLDER_RO_BYTES
-        } else {
-            std::fs::metadata(&disk.path).map_err(Error::io("reading", &disk.path))?.len()
-        };
-        if disk.read_only
-            && std::fs::metadata(&disk.path).map(|m| m.len()).unwrap_or(0) > PLACEHOLDER_RO_BYTES
-        {
+/// The device layout of `disks` as a template records it: per disk `ro` or `rw` and the size
+/// the guest sees (for read-only disks, the placeholder's, which is at least as large).
+pub fn layout(disks: &[Disk]) -> Result<Vec<(String, u64)>, Error> {
+    let mut layout = Vec::new();
+    for disk in disks {
+        let size = disk.guest_size()?;
+        if disk.read_only && size > PLACEHOLDER_RO_BYTES {
             return Err(Error::Invalid(format!(
                 "disk {} is larger than a template's placeholder",
                 disk.path.display()
             )));
         }
-        disks.push((if disk.read_only { "ro" } else { "rw" }.to_owned(), size));
+        let size = if disk.read_only { PLACEHOLDER_RO_BYTES } else { size };
+        layout.push((if disk.read_only { "ro" } else { "rw" }.to_owned(), size));
     }
+    Ok(layout)
+}
+
+/// The template description for a container VM described by `config`, whose disks have
+/// `layout` (see [`layout`]).
+pub fn meta_for(
+    config: &SandboxConfig,
+    disks: Vec<(String, u64)>,
+    kernel_digest: &str,
+    qemu_version: &str,
+) -> TemplateMeta {
     let net = match &config.net {
         None => "none",
         Some(NetDevice::Tap { .. }) => "tap",
         Some(NetDevice::User { .. }) => "user",
     };
-    Ok(TemplateMeta {
+    TemplateMeta {
         format: FORMAT,
         kernel_digest: kernel_digest.to_owned(),
         initramfs: config.initramfs.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
@@ -103,7 +108,7 @@ pub fn meta_for(
         cmdline: config.cmdline.clone(),
         disks,
         net: net.to_owned(),
-    })
+    }
 }
 
 /// The template for `meta`, made now (from `config`'s kernel and init) if there is none.
@@ -143,8 +148,16 @@ fn load(home: &Path) -> Option<Template> {
     let meta: TemplateMeta = serde_json::from_slice(&std::fs::read(home.join("meta.json")).ok()?).ok()?;
     let state = home.join("state");
     let info = std::fs::metadata(&state).ok()?;
+    let memory = home.join("memory");
+    // A memory file of another size is damaged: QEMU would refuse it, or worse, grow it.
+    let memory_info = std::fs::metadata(&memory).ok()?;
+    if memory_info.len() != u64::from(meta.memory_mib) << 20 {
+        return None;
+    }
+    // The file is sparse: count what it holds.
+    let memory_bytes = std::os::unix::fs::MetadataExt::blocks(&memory_info) * 512;
     let created = info.modified().ok().map(|t| chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339());
-    Some(Template { key: meta.key(), state, meta, bytes: info.len(), created })
+    Some(Template { key: meta.key(), state, memory, meta, bytes: info.len() + memory_bytes, created })
 }
 
 /// Boots a VM on placeholder disks, waits for its init, and saves it.
@@ -158,7 +171,7 @@ fn build(paths: &Paths, config: &SandboxConfig, meta: &TemplateMeta, home: &Path
     for (index, (mode, size)) in meta.disks.iter().enumerate() {
         let path = work.path().join(format!("placeholder-{index}.img"));
         File::create(&path).and_then(|f| f.set_len(*size)).map_err(Error::io("creating", &path))?;
-        disks.push(Disk { path, read_only: mode == "ro" });
+        disks.push(Disk::raw(path, mode == "ro"));
     }
     let mut tap = None;
     let net = match &config.net {
@@ -179,12 +192,14 @@ fn build(paths: &Paths, config: &SandboxConfig, meta: &TemplateMeta, home: &Path
         console_log: work.path().join("console.log"),
         ..config.clone()
     };
-    let mut sandbox = Sandbox::boot_unintroduced(&build_config)?;
+    let memory = work.path().join("memory");
+    let mut sandbox = Sandbox::boot_unintroduced(&build_config, &memory)?;
     let state = work.path().join("state");
     let saved = sandbox.vm().save(&state, work.path());
     let _ = sandbox.hard_stop();
     drop(tap);
     saved?;
+    File::open(&memory).and_then(|f| f.sync_all()).map_err(Error::io("syncing", &memory))?;
     let meta_path = work.path().join("meta.json");
     std::fs::write(&meta_path, serde_json::to_vec_pretty(meta).expect("plain data serializes"))
         .map_err(Error::io("writing", &meta_path))?;
@@ -192,7 +207,7 @@ fn build(paths: &Paths, config: &SandboxConfig, meta: &TemplateMeta, home: &Path
     let staged = dir(paths).join(format!(".staged-{key}"));
     let _ = std::fs::remove_dir_all(&staged);
     std::fs::create_dir(&staged).map_err(Error::io("creating", &staged))?;
-    for name in ["state", "meta.json"] {
+    for name in ["state", "memory", "meta.json"] {
         std::fs::rename(work.path().join(name), staged.join(name))
             .map_err(Error::io("moving", staged.join(name)))?;
     }

@@ -118,7 +118,7 @@ fn fixture(fstype: &str) -> Fixture {
         memory_mib: 256,
         vcpus: 1,
         accel,
-        disks: vec![Disk { path: root, read_only: true }, Disk { path: rw, read_only: false }],
+        disks: vec![Disk::raw(root, true), Disk::raw(rw, false)],
         cmdline: String::new(),
         console_log: run_dir.join("console.log"),
         run_dir,
@@ -133,6 +133,7 @@ fn container(fstype: &str) -> ContainerSpec {
         hostname: "box1".into(),
         root_device: "/dev/vda".into(),
         root_fstype: fstype.into(),
+        root_writable: false,
         rw_device: Some("/dev/vdb".into()),
         read_only: false,
         tmpfs: Vec::new(),
@@ -553,6 +554,10 @@ fn bad_requests_get_one_line_errors_and_the_guest_keeps_serving() {
             "is not a block device",
         ),
         (ContainerSpec { hostname: "a/b".into(), ..container("erofs") }, "hostname \"a/b\" is not valid"),
+        (
+            ContainerSpec { root_writable: true, ..container("erofs") },
+            "a writable root disk must be ext4 and comes without a writable-layer device",
+        ),
         (ContainerSpec { tmpfs: vec!["relative".into()], ..container("erofs") }, "tmpfs \"relative\""),
         (ContainerSpec { root_fstype: "ext4".into(), ..container("erofs") }, "mounting ext4 /dev/vda"),
     ] {

@@ -7,6 +7,55 @@ use crate::Accel;
 pub struct Disk {
     pub path: PathBuf,
     pub read_only: bool,
+    pub format: DiskFormat,
+}
+
+impl Disk {
+    /// A raw disk image.
+    pub fn raw(path: impl Into<PathBuf>, read_only: bool) -> Disk {
+        Disk { path: path.into(), read_only, format: DiskFormat::Raw }
+    }
+
+    /// The size the guest sees: the file's for a raw image, the virtual size in the header for
+    /// qcow2.
+    pub fn guest_size(&self) -> Result<u64, crate::Error> {
+        let io = |e| crate::Error::Io { what: "reading disk", path: self.path.clone(), source: e };
+        match self.format {
+            DiskFormat::Raw => Ok(std::fs::metadata(&self.path).map_err(io)?.len()),
+            DiskFormat::Qcow2 => {
+                use std::io::Read;
+                // QFI\xfb, version, backing file offset and size, cluster bits, then the size.
+                let mut header = [0u8; 32];
+                std::fs::File::open(&self.path).and_then(|mut f| f.read_exact(&mut header)).map_err(io)?;
+                if header[..4] != *b"QFI\xfb" {
+                    return Err(crate::Error::InvalidConfig(format!(
+                        "disk {} is not a qcow2 image",
+                        self.path.display()
+                    )));
+                }
+                let mut size = [0u8; 8];
+                size.copy_from_slice(&header[24..32]);
+                Ok(u64::from_be_bytes(size))
+            }
+        }
+    }
+}
+
+/// How a disk's file stores its blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskFormat {
+    Raw,
+    /// Copy-on-write over a backing file named in its header (each container's root disk).
+    Qcow2,
+}
+
+impl DiskFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        }
+    }
 }
 
 /// Everything that shapes one VM.
@@ -33,6 +82,21 @@ pub struct VmConfig {
     /// Restore the VM from this saved state (see [`crate::Vm::save`]) instead of booting it.
     /// The rest of the configuration must describe the same machine the state was saved from.
     pub incoming: Option<PathBuf>,
+    /// Guest RAM in a file instead of anonymous memory (see [`MemoryFile`]).
+    pub memory_file: Option<MemoryFile>,
+}
+
+/// Guest RAM backed by a file of exactly the VM's memory size.
+///
+/// A VM saved with `shared` RAM leaves its memory in the file and only its device state in the
+/// saved state (QEMU's `x-ignore-shared`); a VM restored with the same file unshared maps it
+/// privately: it starts with that memory without reading it, pages it never writes stay shared
+/// with every other VM restored from the file (the host's page cache), and what it writes is its
+/// own and never reaches the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryFile {
+    pub path: PathBuf,
+    pub shared: bool,
 }
 
 /// Below this the kernel and init do not come up.

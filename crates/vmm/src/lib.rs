@@ -20,7 +20,7 @@ mod qmp;
 mod vm;
 
 pub use accel::{choose_accel, Accel, AccelChoice, AccelRequest, HostFacts};
-pub use config::{Disk, VmConfig};
+pub use config::{Disk, DiskFormat, MemoryFile, VmConfig};
 pub use config::{MAX_VCPUS, MIN_MEMORY_MIB};
 pub use console::find_panic;
 pub use elf::check_kernel;

@@ -61,7 +61,19 @@ pub(crate) fn args(config: &VmConfig, qmp_socket: &Path, agent_socket: &Path) ->
     let mut push = |parts: &[&str]| args.extend(parts.iter().map(OsString::from));
     let path = |p: &Path| p.to_string_lossy().into_owned();
 
-    push(&["-M", "microvm,acpi=off,x-option-roms=off,isa-serial=on,rtc=on"]);
+    let machine = "microvm,acpi=off,x-option-roms=off,isa-serial=on,rtc=on";
+    match &config.memory_file {
+        None => push(&["-M", machine]),
+        Some(file) => {
+            let share = if file.shared { "on" } else { "off" };
+            let backend = format!(
+                "memory-backend-file,id=ram,size={}M,mem-path={},share={share}",
+                config.memory_mib,
+                path(&file.path)
+            );
+            push(&["-object", &backend, "-M", &format!("{machine},memory-backend=ram")]);
+        }
+    }
     match config.accel {
         Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host,-arch-capabilities"]),
         Accel::Tcg => push(&["-accel", "tcg", "-cpu", "max"]),
@@ -96,15 +108,18 @@ pub(crate) fn args(config: &VmConfig, qmp_socket: &Path, agent_socket: &Path) ->
         push(&[
             "-drive",
             &format!(
-                "id=disk{index},file={},format=raw,if=none,readonly={readonly},cache=unsafe,discard=unmap",
-                path(&disk.path)
+                "id=disk{index},file={},format={},if=none,readonly={readonly},cache=unsafe,discard=unmap",
+                path(&disk.path),
+                disk.format.as_str()
             ),
         ]);
         push(&["-device", &format!("virtio-blk-device,drive=disk{index}")]);
     }
     if config.incoming.is_some() {
-        // The state arrives on the descriptor Vm::start places at this number.
-        args.extend(["-incoming", INCOMING_FD_ARG].map(OsString::from));
+        // The state arrives on the descriptor Vm::start places at this number; with the RAM in a
+        // file, only once Vm::start has told QEMU over QMP not to expect the RAM in the state.
+        let from = if config.memory_file.is_some() { "defer" } else { INCOMING_FD_ARG };
+        args.extend(["-incoming", from].map(OsString::from));
     }
     if let Some(net) = &config.net {
         args.extend(net.args().into_iter().map(OsString::from));
@@ -114,7 +129,7 @@ pub(crate) fn args(config: &VmConfig, qmp_socket: &Path, agent_socket: &Path) ->
 
 /// The file descriptor number a restored VM reads its saved state from.
 pub(crate) const INCOMING_FD: i32 = 3;
-const INCOMING_FD_ARG: &str = "fd:3";
+pub(crate) const INCOMING_FD_ARG: &str = "fd:3";
 
 /// The virtio-serial port name the guest looks for; must match `bulkhead_proto::AGENT_PORT_NAME`.
 pub(crate) const AGENT_PORT: &str = "bulkhead.agent";
@@ -134,14 +149,15 @@ mod tests {
             memory_mib: 256,
             vcpus: 2,
             disks: vec![
-                Disk { path: "/d/root.img".into(), read_only: true },
-                Disk { path: "/d/rw.img".into(), read_only: false },
+                Disk::raw("/d/root.img", true),
+                Disk { path: "/d/rw.qcow2".into(), read_only: false, format: crate::DiskFormat::Qcow2 },
             ],
             accel: Accel::Tcg,
             run_dir: "/r".into(),
             console_log: "/r/console.log".into(),
             net: None,
             incoming: None,
+            memory_file: None,
         };
         let args: Vec<String> = args(&config, Path::new("/r/qmp.sock"), Path::new("/r/agent.sock"))
             .into_iter()
@@ -160,7 +176,7 @@ mod tests {
             "socket,id=qmp,path=/r/qmp.sock",
             "name=bulkhead.agent",
             "file=/d/root.img,format=raw,if=none,readonly=on",
-            "file=/d/rw.img,format=raw,if=none,readonly=off",
+            "file=/d/rw.qcow2,format=qcow2,if=none,readonly=off",
         ] {
             assert!(joined.contains(want), "{want:?} missing from {joined}");
         }
@@ -168,5 +184,24 @@ mod tests {
         assert!(args[append + 1].ends_with("rdinit=/init"), "{}", args[append + 1]);
         assert_eq!(args.iter().filter(|a| *a == "-device").count(), 5, "serial bus, port, rng, two disks");
         assert!(!joined.contains("netdev"), "no network device unless asked");
+        assert!(!joined.contains("memory-backend"), "anonymous memory unless asked");
+
+        let restored = VmConfig {
+            memory_file: Some(crate::MemoryFile { path: "/t/memory".into(), shared: false }),
+            incoming: Some("/t/state".into()),
+            ..config
+        };
+        let joined = super::args(&restored, Path::new("/r/qmp.sock"), Path::new("/r/agent.sock"))
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect::<Vec<_>>()
+            .join(" ");
+        for want in [
+            "-object memory-backend-file,id=ram,size=256M,mem-path=/t/memory,share=off",
+            "-M microvm,acpi=off,x-option-roms=off,isa-serial=on,rtc=on,memory-backend=ram",
+            "-incoming defer",
+        ] {
+            assert!(joined.contains(want), "{want:?} missing from {joined}");
+        }
     }
 }

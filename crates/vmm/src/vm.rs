@@ -36,6 +36,8 @@ pub struct Vm {
     qmp: Qmp,
     agent: UnixStream,
     times: StartTimes,
+    /// The RAM is in a file (see [`crate::MemoryFile`]): saving and restoring leave it out.
+    ram_in_file: bool,
 }
 
 impl Vm {
@@ -152,14 +154,29 @@ impl Vm {
         };
         drop(incoming);
         let mut times = StartTimes { process_start: spawned_at.elapsed(), restore: None };
-        let mut vm = Vm { process, qmp, agent, times };
+        let ram_in_file = config.memory_file.is_some();
+        let mut vm = Vm { process, qmp, agent, times, ram_in_file };
         if config.incoming.is_some() {
+            if ram_in_file {
+                vm.ignore_shared_ram()?;
+                let uri = serde_json::json!({ "uri": crate::qemu::INCOMING_FD_ARG });
+                vm.qmp.execute("migrate-incoming", Some(uri))?;
+            }
             vm.finish_restore()?;
             times = vm.times;
             times.restore = Some(spawned_at.elapsed());
             vm.times = times;
         }
         Ok(vm)
+    }
+
+    /// Leaves RAM that lives in a shared file out of saved state, and expects it so on restore
+    /// (QEMU's `x-ignore-shared`).
+    fn ignore_shared_ram(&mut self) -> Result<(), Error> {
+        let capabilities = serde_json::json!({
+            "capabilities": [{ "capability": "x-ignore-shared", "state": true }]
+        });
+        self.qmp.execute("migrate-set-capabilities", Some(capabilities)).map(drop)
     }
 
     /// Waits for the incoming state to load, then lets the restored VM run.
@@ -202,6 +219,9 @@ impl Vm {
     pub fn save(&mut self, path: &Path, scratch_dir: &Path) -> Result<u64, Error> {
         use std::io::Write;
         self.qmp.execute("stop", None)?;
+        if self.ram_in_file {
+            self.ignore_shared_ram()?;
+        }
         let socket = scratch_dir.join("migrate.sock");
         let listener = listen(&socket)?;
         let dir = path.parent().unwrap_or(Path::new("."));

@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bulkhead_proto::{encode, stream_id, ContainerSpec, ExitStatus, Frame, FrameReader, Message, Stdio};
-use bulkhead_vmm::{choose_accel, AccelRequest, Disk, HostFacts};
+use bulkhead_vmm::{choose_accel, AccelRequest, Disk, DiskFormat, HostFacts};
 use serde::{Deserialize, Serialize};
 
 use super::control::{self, Reply, Request, COPY, STDERR, STDIN, STDOUT};
@@ -163,7 +163,11 @@ fn supervise(
     let initramfs = guest::initramfs(paths, &guest_binary)?;
     let request = shared.config.accel.parse::<AccelRequest>().map_err(Error::Invalid)?;
     let accel = choose_accel(request, &HostFacts::probe())?;
-    let rw_disk = shared.containers.dir(&id).join("rw.img");
+    let disk = Disk {
+        path: shared.containers.dir(&id).join(super::ops::ROOT_DISK_FILE),
+        read_only: false,
+        format: DiskFormat::Qcow2,
+    };
     // Lives as long as the monitor: the TAP device and the published ports outlast restarts.
     let net = crate::network::up(paths, &id, &shared.config)?;
     let sandbox_config = SandboxConfig {
@@ -173,11 +177,8 @@ fn supervise(
         memory_mib: shared.config.memory_mib,
         vcpus: shared.config.vcpus,
         accel: accel.accel,
-        disks: vec![
-            Disk { path: shared.config.root_disk.clone(), read_only: true },
-            Disk { path: rw_disk, read_only: false },
-        ],
-        cmdline: String::new(),
+        disks: vec![disk],
+        cmdline: crate::clock::guest_cmdline(paths, accel.accel),
         run_dir: vm_dir,
         console_log: shared.containers.dir(&id).join("console.log"),
         ready_timeout: Duration::from_secs(60),
@@ -186,8 +187,9 @@ fn supervise(
     let container_spec = ContainerSpec {
         hostname: shared.config.hostname.clone(),
         root_device: "/dev/vda".into(),
-        root_fstype: filesystem_of(&shared.config.root_disk),
-        rw_device: Some("/dev/vdb".into()),
+        root_fstype: "ext4".into(),
+        root_writable: true,
+        rw_device: None,
         read_only: shared.config.read_only,
         tmpfs: shared.config.tmpfs.clone(),
         hosts: net.hosts.clone(),
@@ -203,6 +205,7 @@ fn supervise(
         let (mut sandbox, start_path) = start_vm(paths, shared, &sandbox_config)?;
         shared.vm_pid.store(sandbox.vm().pid(), Ordering::SeqCst);
         let boot = sandbox.phases();
+        tracing::debug!(path = %start_path, "VM up");
         let events = sandbox.take_events().ok_or_else(|| Error::Agent("event channel taken twice".into()))?;
         let session = sandbox.session();
         *lock(&shared.session) = Some(Arc::clone(&session));
@@ -214,6 +217,7 @@ fn supervise(
             "set up the container",
         )?;
         let rootfs_ms = ms(setup_at.elapsed());
+        tracing::debug!(rootfs_ms, "root filesystem set up");
 
         if first && wait_attach {
             if let Some(mut out) = ready.take() {
@@ -222,6 +226,7 @@ fn supervise(
             let (arrived, cv) = &shared.attach_arrived;
             let guard = lock(arrived);
             let _ = cv.wait_timeout_while(guard, ATTACH_WAIT, |arrived| !*arrived);
+            tracing::debug!("attached");
         }
 
         let process = shared.config.process.clone();
@@ -272,6 +277,7 @@ fn supervise(
                 state.restart_count += 1;
             }
         });
+        tracing::debug!("main process started");
         if let Some(mut out) = ready.take() {
             let _ = control::write_line(&mut out, &Readiness::Started);
         }
@@ -295,7 +301,15 @@ fn supervise(
         shared.main_stdin.store(false, Ordering::SeqCst);
         *lock(&shared.session) = None;
         let code = status.map_or(137, ExitStatus::code);
-        let _ = sandbox.shutdown(Duration::from_secs(10));
+        tracing::debug!(code, "main process ended");
+        if shared.config.auto_remove {
+            // `--rm` (which never restarts): the disk goes with the container, so nothing in the
+            // VM needs flushing first.
+            let _ = sandbox.hard_stop();
+        } else {
+            let _ = sandbox.shutdown(Duration::from_secs(10));
+        }
+        tracing::debug!("VM ended");
         shared.vm_pid.store(0, Ordering::SeqCst);
 
         let stopped = shared.stopped_by_user.load(Ordering::SeqCst);
@@ -337,7 +351,10 @@ fn start_vm(paths: &Paths, shared: &Shared, config: &SandboxConfig) -> Result<(S
         return Ok((Sandbox::boot(config)?, "cold boot (templates disabled)".into()));
     }
     let prepared = template::qemu_version(paths)
-        .and_then(|version| template::meta_for(config, &shared.config.kernel_digest, &version))
+        .and_then(|version| {
+            let layout = template::layout(&config.disks)?;
+            Ok(template::meta_for(config, layout, &shared.config.kernel_digest, &version))
+        })
         .and_then(|meta| template::ensure(paths, config, &meta));
     let template = match prepared {
         Ok(template) => template,
@@ -346,7 +363,7 @@ fn start_vm(paths: &Paths, shared: &Shared, config: &SandboxConfig) -> Result<(S
             return Ok((Sandbox::boot(config)?, format!("cold boot (template unavailable: {e})")));
         }
     };
-    match Sandbox::restore(config, &template.state) {
+    match Sandbox::restore(config, &template.state, &template.memory) {
         Ok(sandbox) => Ok((sandbox, format!("template {}", &template.key[..12]))),
         Err(e) => {
             // A template that cannot be restored (damaged, truncated) is dropped and rebuilt
@@ -803,19 +820,6 @@ pub fn rss_of(pid: u32) -> u64 {
                 .and_then(|v| v.split_whitespace().next().and_then(|kb| kb.parse::<u64>().ok()))
         })
         .map_or(0, |kb| kb * 1024)
-}
-
-/// `ext4` or `erofs`, from the superblock magic.
-fn filesystem_of(disk: &std::path::Path) -> String {
-    use std::os::unix::fs::FileExt;
-    let mut magic = [0u8; 4];
-    let file = std::fs::File::open(disk);
-    if let Ok(file) = &file {
-        if file.read_exact_at(&mut magic, 1024).is_ok() && u32::from_le_bytes(magic) == 0xE0F5_E1E2 {
-            return "erofs".into();
-        }
-    }
-    "ext4".into()
 }
 
 fn ms(d: Duration) -> f64 {

@@ -49,9 +49,6 @@ pub struct CreateOptions {
     pub no_template: bool,
 }
 
-/// Size of each container's writable layer (a sparse file; only what is written uses space).
-const RW_DISK_BYTES: u64 = 8 << 30;
-
 /// Records a new container; returns its configuration.
 pub fn create(paths: &Paths, options: &CreateOptions) -> Result<ContainerConfig, Error> {
     let store = Store::open(&paths.root)?;
@@ -121,51 +118,48 @@ pub fn create(paths: &Paths, options: &CreateOptions) -> Result<ContainerConfig,
         network,
     };
     let release = |_: &Error| crate::network::release(paths, &config.id, &config.network);
-    let template = rw_template(paths).inspect_err(release)?;
+    let cow = cow_template(paths, &config.root_disk).inspect_err(release)?;
     Containers::new(paths)
-        .create(&config, &|dir| copy_sparse(&template, &dir.join("rw.img")))
+        .create(&config, &|dir| {
+            let to = dir.join(ROOT_DISK_FILE);
+            std::fs::copy(&cow, &to).map(drop).map_err(Error::io("copying the container's disk to", &to))
+        })
         .inspect_err(release)?;
     Ok(config)
 }
 
-/// A blank ext4 writable layer, made once and copied (sparsely) for each container.
-fn rw_template(paths: &Paths) -> Result<PathBuf, Error> {
-    let dir = paths.cache_dir();
-    let path = dir.join(format!("rw-ext4-{}g.img", RW_DISK_BYTES >> 30));
+/// The container's own disk in its directory: copy-on-write over the image's root disk.
+pub(crate) const ROOT_DISK_FILE: &str = "root.qcow2";
+
+/// An empty qcow2 image backed by `root_disk`, made once per root disk with `qemu-img` and
+/// copied (it is a few hundred KiB) for each container.
+fn cow_template(paths: &Paths, root_disk: &Path) -> Result<PathBuf, Error> {
+    let dir = paths.cache_dir().join("cow");
+    let name = root_disk.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let path = dir.join(format!("{name}.qcow2"));
     if path.is_file() {
         return Ok(path);
     }
     std::fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
-    let tmp =
-        tempfile::NamedTempFile::new_in(&dir).map_err(Error::io("creating a temporary file in", &dir))?;
-    tmp.as_file().set_len(RW_DISK_BYTES).map_err(Error::io("sizing", tmp.path()))?;
-    let out = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1", "-L", "bulkhead-rw"])
+    let tmp = tempfile::Builder::new()
+        .suffix(".qcow2")
+        .tempfile_in(&dir)
+        .map_err(Error::io("creating a temporary file in", &dir))?;
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(root_disk)
         .arg(tmp.path())
         .output()
-        .map_err(Error::io("running mkfs.ext4 (install e2fsprogs) on", tmp.path()))?;
+        .map_err(Error::io("running qemu-img (install qemu-utils) for", tmp.path()))?;
     if !out.status.success() {
         return Err(Error::Invalid(format!(
-            "mkfs.ext4 failed: {}",
+            "qemu-img create over {} failed: {}",
+            root_disk.display(),
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
     tmp.persist(&path).map_err(|e| Error::Io { what: "installing", path: path.clone(), source: e.error })?;
     Ok(path)
-}
-
-fn copy_sparse(from: &Path, to: &Path) -> Result<(), Error> {
-    let status = Command::new("cp")
-        .arg("--sparse=always")
-        .arg(from)
-        .arg(to)
-        .status()
-        .map_err(Error::io("copying the writable layer to", to))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!("copying {} to {} failed ({status})", from.display(), to.display())))
-    }
 }
 
 /// Starts a created or exited container by spawning its monitor. With `wait_attach`, returns
@@ -297,7 +291,9 @@ fn error_reply(message: String, exit_code: Option<i32>) -> Error {
 /// `run`: create, start and (unless detached) attach; returns the ID and, when attached, the
 /// exit code.
 pub fn run(paths: &Paths, options: &CreateOptions, detach: bool) -> Result<(String, Option<i32>), Error> {
+    tracing::debug!("run: creating");
     let config = create(paths, options)?;
+    tracing::debug!("run: created");
     if detach {
         start(paths, &config.id, false).inspect_err(|_| cleanup_failed_run(paths, &config))?;
         return Ok((config.id, None));
@@ -306,9 +302,12 @@ pub fn run(paths: &Paths, options: &CreateOptions, detach: bool) -> Result<(Stri
         cleanup_failed_run(paths, &config);
         return Err(e);
     }
+    tracing::debug!("run: monitor ready");
     let code = attach(paths, &config.id, StreamOptions { stdin: options.stdin, tty: options.tty });
+    tracing::debug!("run: detached");
     if options.auto_remove {
         wait_removed(paths, &config.id);
+        tracing::debug!("run: removed");
     }
     code.map(|code| (config.id, Some(code)))
 }
@@ -690,7 +689,6 @@ pub fn warm_template(
     let initramfs = crate::guest::initramfs(paths, &guest_binary)?;
     let accel =
         bulkhead_vmm::choose_accel(bulkhead_vmm::AccelRequest::Auto, &bulkhead_vmm::HostFacts::probe())?;
-    let rw = rw_template(paths)?;
     let mac = "02:42:00:00:00:01".to_owned();
     let net = match network {
         "none" => None,
@@ -704,16 +702,17 @@ pub fn warm_template(
         memory_mib,
         vcpus,
         accel: accel.accel,
-        disks: vec![
-            bulkhead_vmm::Disk { path: rw.clone(), read_only: true },
-            bulkhead_vmm::Disk { path: rw, read_only: false },
-        ],
-        cmdline: String::new(),
+        // The template makes its own placeholder disks from the layout below.
+        disks: Vec::new(),
+        cmdline: crate::clock::guest_cmdline(paths, accel.accel),
         run_dir: paths.run_root.clone(),
         console_log: paths.run_root.join("unused.log"),
         ready_timeout: Duration::from_secs(60),
         net,
     };
-    let meta = crate::template::meta_for(&config, &kernel.digest, &crate::template::qemu_version(paths)?)?;
+    // A container's disk: its copy-on-write root, as large as a root disk of an image that fits.
+    let layout = vec![("rw".to_owned(), bulkhead_image::disk::ROOT_DISK_BYTES)];
+    let meta =
+        crate::template::meta_for(&config, layout, &kernel.digest, &crate::template::qemu_version(paths)?);
     crate::template::ensure(paths, &config, &meta)
 }
