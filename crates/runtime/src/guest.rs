@@ -33,11 +33,40 @@ pub fn find_guest_binary() -> Result<PathBuf, Error> {
 
 /// The initramfs for `guest`, built into the cache on first use.
 pub fn initramfs(paths: &Paths, guest: &Path) -> Result<PathBuf, Error> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = paths.cache_dir().join("initramfs");
+    // Hashing the binary on every start costs more than the rest of the lookup: remember which
+    // image this very file (same inode, size and change time) went into.
+    let info = std::fs::metadata(guest).map_err(Error::io("reading guest init", guest))?;
+    let stamp = format!(
+        "{}:{}:{}:{}:{}.{}",
+        guest.display(),
+        info.dev(),
+        info.ino(),
+        info.len(),
+        info.ctime(),
+        info.ctime_nsec()
+    );
+    let stamp_path = dir.join(format!("by-file-{}", hex::encode(&Sha256::digest(stamp.as_bytes())[..12])));
+    if let Ok(key) = std::fs::read_to_string(&stamp_path) {
+        let path = dir.join(format!("{}.cpio", key.trim()));
+        if key.trim().len() == 24 && path.is_file() {
+            return Ok(path);
+        }
+    }
     let binary = std::fs::read(guest).map_err(Error::io("reading guest init", guest))?;
     let key = hex::encode(&Sha256::digest(&binary)[..12]);
-    let dir = paths.cache_dir().join("initramfs");
     let path = dir.join(format!("{key}.cpio"));
+    let remember = || {
+        // Best effort: without it the next start hashes the binary again.
+        if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(&dir) {
+            if tmp.write_all(key.as_bytes()).is_ok() {
+                let _ = tmp.persist(&stamp_path);
+            }
+        }
+    };
     if path.is_file() {
+        remember();
         return Ok(path);
     }
     std::fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
@@ -47,6 +76,7 @@ pub fn initramfs(paths: &Paths, guest: &Path) -> Result<PathBuf, Error> {
     tmp.as_file().sync_all().map_err(Error::io("syncing", tmp.path()))?;
     // Concurrent builders write identical bytes; whichever rename lands last wins harmlessly.
     tmp.persist(&path).map_err(|e| Error::Io { what: "installing", path: path.clone(), source: e.error })?;
+    remember();
     Ok(path)
 }
 

@@ -256,6 +256,12 @@ impl Sandbox {
         })
     }
 
+    /// Kills the VM's process outright; for a VM whose disks are about to be deleted.
+    pub fn kill(mut self) -> Result<(), Error> {
+        self.vm.kill()?;
+        Ok(())
+    }
+
     /// Ends the VM now, without asking the guest.
     pub fn hard_stop(mut self) -> Result<(), Error> {
         self.vm.hard_stop()?;

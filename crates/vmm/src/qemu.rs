@@ -84,12 +84,16 @@ pub(crate) fn args(config: &VmConfig, qmp_socket: &Path, agent_socket: &Path) ->
     push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
     push(&["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]);
 
-    push(&["-kernel", &path(&config.kernel)]);
-    if let Some(initrd) = &config.initrd {
-        push(&["-initrd", &path(initrd)]);
+    // A restored VM's memory already holds its kernel, which reading and loading the image again
+    // would only cost time for: QEMU writes nothing of it into a VM that is waiting for its state.
+    if config.incoming.is_none() {
+        push(&["-kernel", &path(&config.kernel)]);
+        if let Some(initrd) = &config.initrd {
+            push(&["-initrd", &path(initrd)]);
+        }
+        let cmdline = format!("{BASE_CMDLINE} {}", config.cmdline);
+        push(&["-append", cmdline.trim_end()]);
     }
-    let cmdline = format!("{BASE_CMDLINE} {}", config.cmdline);
-    push(&["-append", cmdline.trim_end()]);
 
     push(&["-chardev", &format!("file,id=console,path={}", path(&config.console_log))]);
     push(&["-serial", "chardev:console"]);
@@ -203,5 +207,6 @@ mod tests {
         ] {
             assert!(joined.contains(want), "{want:?} missing from {joined}");
         }
+        assert!(!joined.contains("-kernel"), "a restored VM loads no kernel: {joined}");
     }
 }

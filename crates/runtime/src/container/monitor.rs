@@ -304,8 +304,8 @@ fn supervise(
         tracing::debug!(code, "main process ended");
         if shared.config.auto_remove {
             // `--rm` (which never restarts): the disk goes with the container, so nothing in the
-            // VM needs flushing first.
-            let _ = sandbox.hard_stop();
+            // VM or in QEMU needs flushing first.
+            let _ = sandbox.kill();
         } else {
             let _ = sandbox.shutdown(Duration::from_secs(10));
         }

@@ -327,7 +327,7 @@ fn wait_removed(paths: &Paths, id: &str) {
     let dir = Containers::new(paths).dir(id);
     let deadline = Instant::now() + Duration::from_secs(30);
     while dir.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
