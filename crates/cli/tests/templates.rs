@@ -47,8 +47,9 @@ fn restored_containers_are_distinct_machines() {
     env.ok(&["run", "-d", "--name", "one", "busybox", "sleep", "100000"]);
     env.ok(&["run", "-d", "--name", "two", "marked", "sleep", "100000"]);
     let (a, b) = (start_path(&env, "one"), start_path(&env, "two"));
-    assert!(a.starts_with("template "), "{a}");
-    assert_eq!(a, b, "both restored from the one template");
+    assert!(a.starts_with("template ") && a.contains("(image "), "{a}");
+    assert_eq!(a[..21], b[..21], "both restored from the one template: {a} / {b}");
+    assert_ne!(a, b, "each from the template's specialisation for its image");
     assert_eq!(template_keys(&env).len(), 1);
 
     // Each sees its own image.
@@ -125,16 +126,42 @@ fn a_damaged_template_falls_back_to_a_cold_boot() {
     let key = template_keys(&env).pop().unwrap();
     std::fs::write(env.root().join("templates").join(&key).join("meta.json"), b"{garbage").unwrap();
     env.ok(&["run", "--name", "third", "busybox", "true"]);
-    assert_eq!(start_path(&env, "third"), format!("template {}", &key[..12]));
+    assert!(start_path(&env, "third").starts_with(&format!("template {} ", &key[..12])));
     assert_eq!(template_keys(&env), vec![key.clone()]);
 
     // A truncated memory file (QEMU would grow it with zeroes) is one too.
     let memory = env.root().join("templates").join(&key).join("memory");
     std::fs::OpenOptions::new().write(true).open(&memory).unwrap().set_len(1 << 20).unwrap();
     env.ok(&["run", "--name", "fourth", "busybox", "true"]);
-    assert_eq!(start_path(&env, "fourth"), format!("template {}", &key[..12]));
+    assert!(start_path(&env, "fourth").starts_with(&format!("template {} ", &key[..12])));
     assert_eq!(std::fs::metadata(&memory).unwrap().len(), 256 << 20);
     assert!(env.processes().is_empty(), "{:?}", env.processes());
+}
+
+#[test]
+fn an_image_template_serves_first_starts_and_restarts_keep_the_disk() {
+    let env = Env::new();
+    env.ok(&["run", "-d", "--name", "first", "busybox", "sleep", "100000"]);
+    let first = start_path(&env, "first");
+    assert!(first.starts_with("template ") && first.contains("(image "), "{first}");
+    env.ok(&["exec", "first", "sh", "-c", "echo kept > /kept"]);
+    env.ok(&["stop", "-t", "1", "first"]);
+    env.ok(&["start", "first"]);
+    // A restart's disk is no longer the one the specialisation saw: the plain template.
+    assert_eq!(start_path(&env, "first"), first[..21].to_owned());
+    assert_eq!(env.ok(&["exec", "first", "cat", "/kept"]), "kept\n");
+
+    // Another container of the image: the specialisation again, and a machine of its own.
+    env.ok(&["run", "-d", "--name", "second", "busybox", "sleep", "100000"]);
+    assert_eq!(start_path(&env, "second"), first);
+    assert_ne!(env.run(&["exec", "second", "test", "-e", "/kept"]).status.code(), Some(0));
+    let boot_id = |name: &str| env.ok(&["exec", name, "cat", "/proc/sys/kernel/random/boot_id"]);
+    assert_ne!(boot_id("first"), boot_id("second"));
+    // The image template's disk is untouched by either.
+    env.ok(&["exec", "second", "sh", "-c", "echo other > /other && sync"]);
+    env.ok(&["rm", "-f", "second"]);
+    env.ok(&["run", "--name", "third", "busybox", "sh", "-c", "test ! -e /kept && test ! -e /other"]);
+    env.ok(&["rm", "-f", "first", "third"]);
 }
 
 #[test]

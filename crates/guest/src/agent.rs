@@ -58,6 +58,13 @@ pub fn serve(port: File, spawner: Spawner, boot: BootTimes) -> Result<(), Error>
     loop {
         match reader.read_frame()?.ok_or(Error::HostGone)? {
             Frame::Message(Message::Ping { seq }) => port_out.message(Message::Pong { seq })?,
+            Frame::Message(Message::MountRoot { device }) => {
+                let reply = match crate::rootfs::premount(&device) {
+                    Ok(()) => Message::SetupDone,
+                    Err(e) => Message::Error { message: format!("mounting the root: {e}") },
+                };
+                port_out.message(reply)?;
+            }
             Frame::Message(Message::Hello { version, unix_time_ns, entropy }) => {
                 if let Err(mismatch) = check_version(version) {
                     port_out.message(Message::Error { message: mismatch.to_string() })?;

@@ -32,6 +32,8 @@ const STAGED_DEV: &str = "/run/bulkhead/staged/dev";
 const STAGED_SYS: &str = "/run/bulkhead/staged/sys";
 /// Whether the staged trees are there to be moved.
 static STAGED: AtomicBool = AtomicBool::new(false);
+/// The device [`premount`] mounted at [`ROOTFS`], if it did.
+static PREMOUNTED: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
 /// Largest file read from the image for lookups (`/etc/passwd`, `/etc/group`).
 const MAX_READ: u64 = 4 << 20;
@@ -42,6 +44,8 @@ pub enum SetupError {
     FsType(String),
     #[error("a writable root disk must be ext4 and comes without a writable-layer device")]
     WritableRoot,
+    #[error("another root is mounted already (the VM's template mounted one)")]
+    Premounted,
     #[error("{what} {path:?} is not a block device")]
     NotBlockDevice { what: &'static str, path: String },
     #[error("hostname {0:?} is not valid: at most 64 bytes, no NUL or '/'")]
@@ -157,6 +161,27 @@ pub fn prepare() -> Result<(), SetupError> {
     Ok(())
 }
 
+/// Mounts `device` (ext4) read-write at [`ROOTFS`] before the container is known, for an
+/// image's template; `setup` then finds it mounted.
+pub fn premount(device: &str) -> Result<(), SetupError> {
+    let mut premounted = PREMOUNTED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if premounted.is_some() {
+        return Err(SetupError::Premounted);
+    }
+    check_block_device("root device", device)?;
+    create_dir(ROOTFS)?;
+    mount_writable_root(device, "ext4")?;
+    *premounted = Some(device.to_owned());
+    Ok(())
+}
+
+/// The container's own copy-on-write disk as its root: one mount, no overlay. The host makes the
+/// filesystem with uninitialised inode tables; `noinit_itable` keeps ext4 from zeroing them in
+/// the background, which under emulation costs most of a CPU for minutes.
+fn mount_writable_root(device: &str, fstype: &str) -> Result<(), SetupError> {
+    mount_at(device, ROOTFS, fstype, MsFlags::MS_NOATIME, Some("noinit_itable"))
+}
+
 /// Mounts the container's root filesystem as `spec` describes.
 pub fn setup(spec: &ContainerSpec) -> Result<Rootfs, SetupError> {
     let fstype = match spec.root_fstype.as_str() {
@@ -181,21 +206,27 @@ pub fn setup(spec: &ContainerSpec) -> Result<Rootfs, SetupError> {
     for dir in [&etc, &ROOTFS.to_owned()] {
         create_dir(dir)?;
     }
-    // A VM restored from a template may hold blocks it read from placeholder disks.
-    for device in std::iter::once(&spec.root_device).chain(spec.rw_device.as_ref()) {
-        crate::identity::forget_block_cache(device).map_err(|source| SetupError::Io {
-            what: "dropping the block cache of",
-            path: device.into(),
-            source,
-        })?;
-    }
-    if spec.root_writable {
-        // The container's own copy-on-write disk is its root: one mount, no overlay. The host
-        // makes the filesystem with uninitialised inode tables; `noinit_itable` keeps ext4 from
-        // zeroing them in the background, which under emulation costs most of a CPU for minutes.
-        mount_at(&spec.root_device, ROOTFS, fstype, MsFlags::MS_NOATIME, Some("noinit_itable"))?;
-    } else {
-        mount_overlay(spec, fstype)?;
+    let premounted = PREMOUNTED.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    match premounted {
+        // An image's template mounted this very disk (the host gave the container a copy of the
+        // one the template saw): what the kernel holds of it is what the disk holds.
+        Some(device) if spec.root_writable && device == spec.root_device => {}
+        Some(_) => return Err(SetupError::Premounted),
+        None => {
+            // A VM restored from a template may hold blocks it read from placeholder disks.
+            for device in std::iter::once(&spec.root_device).chain(spec.rw_device.as_ref()) {
+                crate::identity::forget_block_cache(device).map_err(|source| SetupError::Io {
+                    what: "dropping the block cache of",
+                    path: device.into(),
+                    source,
+                })?;
+            }
+            if spec.root_writable {
+                mount_writable_root(&spec.root_device, fstype)?;
+            } else {
+                mount_overlay(spec, fstype)?;
+            }
+        }
     }
     let root = File::open(ROOTFS).map_err(|source| SetupError::Io {
         what: "opening",

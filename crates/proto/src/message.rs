@@ -46,6 +46,13 @@ pub enum Message {
     Pong {
         seq: u64,
     },
+    /// Host → guest, only before `Hello`, to a VM that is becoming an image's template: mount
+    /// `device` (`ext4`, the image's copy-on-write root) read-write as the container root, so
+    /// that containers restored from the template find it mounted. Answered by `SetupDone` or
+    /// `Error`; a later `Setup` naming the same device uses that mount.
+    MountRoot {
+        device: String,
+    },
     /// Host → guest: flush filesystems and power the VM off.
     Shutdown,
     /// Guest → host: the shutdown is under way; the VM exits next.
@@ -268,6 +275,7 @@ impl Message {
             Message::Hello { .. } => "hello",
             Message::Ready { .. } => "ready",
             Message::Ping { .. } => "ping",
+            Message::MountRoot { .. } => "mount_root",
             Message::Pong { .. } => "pong",
             Message::Shutdown => "shutdown",
             Message::ShuttingDown => "shutting_down",

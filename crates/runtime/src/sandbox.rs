@@ -92,18 +92,37 @@ impl Sandbox {
         Ok(sandbox)
     }
 
+    /// Restores a VM from a template's state with its RAM in `memory` (a copy of the template's,
+    /// which this VM changes): no handshake, only proof (a ping) that the init waits for it. For
+    /// making a template from another.
+    pub(crate) fn restore_unintroduced(
+        config: &SandboxConfig,
+        state: &Path,
+        memory: &Path,
+    ) -> Result<Sandbox, Error> {
+        let memory = MemoryFile { path: memory.to_owned(), shared: true };
+        let mut sandbox = Sandbox::launch(config, Some(state.to_owned()), Some(memory))?;
+        sandbox.ping_unintroduced(config)?;
+        Ok(sandbox)
+    }
+
     /// Boots a VM for a template, its RAM in `memory` (which it creates): no handshake, only
     /// proof (a ping) that the init waits for it.
     pub(crate) fn boot_unintroduced(config: &SandboxConfig, memory: &Path) -> Result<Sandbox, Error> {
         let memory = MemoryFile { path: memory.to_owned(), shared: true };
         let mut sandbox = Sandbox::launch(config, None, Some(memory))?;
-        let remaining = config.ready_timeout.saturating_sub(sandbox.vm.spawned_at().elapsed());
-        match sandbox.request(
+        sandbox.ping_unintroduced(config)?;
+        Ok(sandbox)
+    }
+
+    fn ping_unintroduced(&mut self, config: &SandboxConfig) -> Result<(), Error> {
+        let remaining = config.ready_timeout.saturating_sub(self.vm.spawned_at().elapsed());
+        match self.request(
             Message::Ping { seq: 0 },
             remaining.max(Duration::from_millis(1)),
             "answer a ping",
         )? {
-            Message::Pong { seq: 0 } => Ok(sandbox),
+            Message::Pong { seq: 0 } => Ok(()),
             other => Err(Error::Agent(format!("expected pong, the guest sent {}", other.kind()))),
         }
     }

@@ -13,7 +13,8 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use bulkhead_vmm::{Disk, NetDevice};
+use bulkhead_proto::Message;
+use bulkhead_vmm::{Disk, DiskFormat, NetDevice};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -173,18 +174,7 @@ fn build(paths: &Paths, config: &SandboxConfig, meta: &TemplateMeta, home: &Path
         File::create(&path).and_then(|f| f.set_len(*size)).map_err(Error::io("creating", &path))?;
         disks.push(Disk::raw(path, mode == "ro"));
     }
-    let mut tap = None;
-    let net = match &config.net {
-        None => None,
-        Some(NetDevice::User { .. }) => {
-            Some(NetDevice::User { mac: PLACEHOLDER_MAC.into(), forwards: Vec::new() })
-        }
-        Some(NetDevice::Tap { .. }) => {
-            let name = format!("bhtpl{}", &key[..10]);
-            tap = Some(ScratchTap::create(&name)?);
-            Some(NetDevice::Tap { ifname: name, mac: PLACEHOLDER_MAC.into() })
-        }
-    };
+    let (net, tap) = placeholder_net(config, &key)?;
     let build_config = SandboxConfig {
         disks,
         net,
@@ -212,6 +202,158 @@ fn build(paths: &Paths, config: &SandboxConfig, meta: &TemplateMeta, home: &Path
             .map_err(Error::io("moving", staged.join(name)))?;
     }
     std::fs::rename(&staged, home).map_err(Error::io("installing template", home))
+}
+
+/// The network card a template is made with: like `config`'s, on a scratch TAP device (removed
+/// when the returned guard drops) or a user-mode stack, with a placeholder MAC.
+fn placeholder_net(
+    config: &SandboxConfig,
+    key: &str,
+) -> Result<(Option<NetDevice>, Option<ScratchTap>), Error> {
+    Ok(match &config.net {
+        None => (None, None),
+        Some(NetDevice::User { .. }) => {
+            (Some(NetDevice::User { mac: PLACEHOLDER_MAC.into(), forwards: Vec::new() }), None)
+        }
+        Some(NetDevice::Tap { .. }) => {
+            let name = format!("bhtpl{}", &key[..10]);
+            let tap = ScratchTap::create(&name)?;
+            (Some(NetDevice::Tap { ifname: name, mac: PLACEHOLDER_MAC.into() }), Some(tap))
+        }
+    })
+}
+
+/// A template specialised for one image: its base template restored on a fresh copy-on-write
+/// disk of the image, the disk mounted as the container root (`MountRoot`), and saved again with
+/// that disk (`disk`, a qcow2 image over the image's root disk). A container whose disk is a copy
+/// of `disk` and that is restored from it finds its root mounted; the kernel's view of the disk
+/// is exactly the copy's content, since the save waited for every write the guest made.
+/// Specialisations live in `<template>/images/<image>/` and go with their template.
+#[derive(Debug, Clone)]
+pub struct ImageTemplate {
+    pub state: PathBuf,
+    pub memory: PathBuf,
+    pub disk: PathBuf,
+}
+
+/// The specialisation of `base` for the image whose empty copy-on-write disk is `cow` (named
+/// `image`), made now if there is none. `config` describes the containers' VMs; `device` is
+/// the disk's name in the guest.
+pub fn ensure_image(
+    paths: &Paths,
+    config: &SandboxConfig,
+    base: &Template,
+    image: &str,
+    cow: &Path,
+    device: &str,
+) -> Result<ImageTemplate, Error> {
+    let images = dir(paths).join(&base.key).join("images");
+    let home = images.join(image);
+    if let Some(found) = load_image(&home, base) {
+        return Ok(found);
+    }
+    std::fs::create_dir_all(&images).map_err(Error::io("creating", &images))?;
+    let lock_path = images.join(format!("{image}.lock"));
+    let lock_file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(Error::io("opening", &lock_path))?;
+    let _lock = Flock::lock(lock_file, FlockArg::LockExclusive).map_err(|(_, e)| Error::Io {
+        what: "locking",
+        path: lock_path.clone(),
+        source: e.into(),
+    })?;
+    if let Some(found) = load_image(&home, base) {
+        return Ok(found);
+    }
+    if home.exists() {
+        std::fs::remove_dir_all(&home).map_err(Error::io("removing the damaged template", &home))?;
+    }
+    build_image(config, base, cow, device, &images, &home)?;
+    load_image(&home, base).ok_or_else(|| {
+        Error::Corrupt(format!("image template {} was built but cannot be read back", home.display()))
+    })
+}
+
+fn load_image(home: &Path, base: &Template) -> Option<ImageTemplate> {
+    let found = ImageTemplate {
+        state: home.join("state"),
+        memory: home.join("memory"),
+        disk: home.join("disk.qcow2"),
+    };
+    let memory = std::fs::metadata(&found.memory).ok()?;
+    (memory.len() == u64::from(base.meta.memory_mib) << 20 && found.state.is_file() && found.disk.is_file())
+        .then_some(found)
+}
+
+fn build_image(
+    config: &SandboxConfig,
+    base: &Template,
+    cow: &Path,
+    device: &str,
+    images: &Path,
+    home: &Path,
+) -> Result<(), Error> {
+    let work = tempfile::Builder::new()
+        .prefix(".build-")
+        .tempdir_in(images)
+        .map_err(Error::io("creating a build directory in", images))?;
+    // The base's memory, copied (holes and all) for this VM to change: it is mapped shared.
+    let memory = work.path().join("memory");
+    let status = std::process::Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&base.memory)
+        .arg(&memory)
+        .status()
+        .map_err(Error::io("copying template memory to", &memory))?;
+    if !status.success() {
+        return Err(Error::Invalid(format!("copying {} failed ({status})", base.memory.display())));
+    }
+    let disk = work.path().join("disk.qcow2");
+    std::fs::copy(cow, &disk).map_err(Error::io("copying a disk to", &disk))?;
+    let (net, tap) = placeholder_net(config, &base.key)?;
+    let build_config = SandboxConfig {
+        disks: vec![Disk { path: disk.clone(), read_only: false, format: DiskFormat::Qcow2 }],
+        net,
+        run_dir: work.path().to_owned(),
+        console_log: work.path().join("console.log"),
+        ..config.clone()
+    };
+    let mut sandbox = Sandbox::restore_unintroduced(&build_config, &base.state, &memory)?;
+    let mounted = sandbox.request(
+        Message::MountRoot { device: device.to_owned() },
+        crate::sandbox::REQUEST_TIMEOUT,
+        "mount the image's root",
+    );
+    let state = work.path().join("state");
+    let saved = match mounted {
+        Ok(Message::SetupDone) => sandbox.vm().save(&state, work.path()).map(drop).map_err(Error::from),
+        Ok(other) => Err(Error::Agent(format!("expected setup_done, the guest sent {}", other.kind()))),
+        Err(e) => Err(e),
+    };
+    // `quit` lets QEMU write out what it holds of the qcow2 disk.
+    let _ = sandbox.hard_stop();
+    drop(tap);
+    saved?;
+    for path in [&memory, &disk] {
+        File::open(path).and_then(|f| f.sync_all()).map_err(Error::io("syncing", path))?;
+    }
+    let staged =
+        images.join(format!(".staged-{}", home.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
+    let _ = std::fs::remove_dir_all(&staged);
+    std::fs::create_dir(&staged).map_err(Error::io("creating", &staged))?;
+    for name in ["state", "memory", "disk.qcow2"] {
+        std::fs::rename(work.path().join(name), staged.join(name))
+            .map_err(Error::io("moving", staged.join(name)))?;
+    }
+    std::fs::rename(&staged, home).map_err(Error::io("installing template", home))
+}
+
+/// Forgets an image template that failed to restore.
+pub fn discard_image(paths: &Paths, base: &Template, image: &str) {
+    let _ = std::fs::remove_dir_all(dir(paths).join(&base.key).join("images").join(image));
 }
 
 /// The MAC a template's card has; a restored guest replaces it with the container's.

@@ -197,12 +197,14 @@ fn supervise(
         network: net.spec.clone(),
     };
 
+    // A container that never ran still has the disk it was created with.
+    let pristine = shared.containers.load(&id).map(|c| c.state.started_at.is_none()).unwrap_or(false);
     // Claim the container at once, so a concurrent `start` sees it taken while the VM boots.
     record(shared, |state| state.monitor_pid = Some(std::process::id()));
     let mut first = true;
     loop {
         let started = Instant::now();
-        let (mut sandbox, start_path) = start_vm(paths, shared, &sandbox_config)?;
+        let (mut sandbox, start_path) = start_vm(paths, shared, &sandbox_config, first && pristine)?;
         shared.vm_pid.store(sandbox.vm().pid(), Ordering::SeqCst);
         let boot = sandbox.phases();
         tracing::debug!(path = %start_path, "VM up");
@@ -342,10 +344,16 @@ fn supervise(
     }
 }
 
-/// Starts the container's VM: restored from a template unless templates are off, a cold boot
-/// when they are or when anything about the template fails. Returns the VM and the path taken,
-/// in words for `inspect`.
-fn start_vm(paths: &Paths, shared: &Shared, config: &SandboxConfig) -> Result<(Sandbox, String), Error> {
+/// Starts the container's VM: restored from a template unless templates are off (on a first
+/// start, from the template's specialisation for the container's image), a cold boot when they
+/// are or when anything about the template fails. Returns the VM and the path taken, in words
+/// for `inspect`.
+fn start_vm(
+    paths: &Paths,
+    shared: &Shared,
+    config: &SandboxConfig,
+    pristine: bool,
+) -> Result<(Sandbox, String), Error> {
     use crate::template;
     if shared.config.no_template || !template::enabled(paths) {
         return Ok((Sandbox::boot(config)?, "cold boot (templates disabled)".into()));
@@ -363,6 +371,11 @@ fn start_vm(paths: &Paths, shared: &Shared, config: &SandboxConfig) -> Result<(S
             return Ok((Sandbox::boot(config)?, format!("cold boot (template unavailable: {e})")));
         }
     };
+    if pristine {
+        if let Some(started) = start_from_image(paths, shared, config, &template) {
+            return Ok(started);
+        }
+    }
     match Sandbox::restore(config, &template.state, &template.memory) {
         Ok(sandbox) => Ok((sandbox, format!("template {}", &template.key[..12]))),
         Err(e) => {
@@ -374,6 +387,47 @@ fn start_vm(paths: &Paths, shared: &Shared, config: &SandboxConfig) -> Result<(S
                 Sandbox::boot(config)?,
                 format!("cold boot (template {} failed to restore: {e})", &template.key[..12]),
             ))
+        }
+    }
+}
+
+/// A container's first start from its image's specialisation of `template` (see
+/// [`crate::template::ImageTemplate`]): the container's disk, which nothing has written yet,
+/// becomes a copy of the one the specialisation saw. `None` (after saying why in the log) when
+/// that cannot be done; the caller then restores `template` itself.
+fn start_from_image(
+    paths: &Paths,
+    shared: &Shared,
+    config: &SandboxConfig,
+    template: &crate::template::Template,
+) -> Option<(Sandbox, String)> {
+    use crate::template;
+    let disk = config.disks.first().filter(|d| d.format == DiskFormat::Qcow2 && config.disks.len() == 1)?;
+    let image = shared.config.root_disk.file_stem()?.to_string_lossy().into_owned();
+    let specialised = super::ops::cow_template(paths, &shared.config.root_disk)
+        .and_then(|cow| template::ensure_image(paths, config, template, &image, &cow, "/dev/vda"));
+    let specialised = match specialised {
+        Ok(specialised) => specialised,
+        Err(e) => {
+            tracing::warn!(error = %e, "no image template; restoring the plain template");
+            return None;
+        }
+    };
+    if let Err(e) = std::fs::copy(&specialised.disk, &disk.path) {
+        tracing::warn!(error = %e, "copying the image template's disk");
+        return None;
+    }
+    match Sandbox::restore(config, &specialised.state, &specialised.memory) {
+        Ok(sandbox) => Some((
+            sandbox,
+            format!("template {} (image {})", &template.key[..12], &image[..image.len().min(12)]),
+        )),
+        Err(e) => {
+            // The disk now holds the specialisation's copy: a sound filesystem, which the plain
+            // template's restore mounts (and recovers) like any other.
+            tracing::warn!(error = %e, "image template restore failed; restoring the plain template");
+            template::discard_image(paths, template, &image);
+            None
         }
     }
 }

@@ -133,7 +133,7 @@ pub(crate) const ROOT_DISK_FILE: &str = "root.qcow2";
 
 /// An empty qcow2 image backed by `root_disk`, made once per root disk with `qemu-img` and
 /// copied (it is a few hundred KiB) for each container.
-fn cow_template(paths: &Paths, root_disk: &Path) -> Result<PathBuf, Error> {
+pub(crate) fn cow_template(paths: &Paths, root_disk: &Path) -> Result<PathBuf, Error> {
     let dir = paths.cache_dir().join("cow");
     let name = root_disk.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let path = dir.join(format!("{name}.qcow2"));
