@@ -32,8 +32,19 @@ const STAGED_DEV: &str = "/run/bulkhead/staged/dev";
 const STAGED_SYS: &str = "/run/bulkhead/staged/sys";
 /// Whether the staged trees are there to be moved.
 static STAGED: AtomicBool = AtomicBool::new(false);
-/// The device [`premount`] mounted at [`ROOTFS`], if it did.
-static PREMOUNTED: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+/// What [`premount`] mounted at [`ROOTFS`] and prepared in it, if it ran.
+static PREMOUNTED: std::sync::Mutex<Option<Premounted>> = std::sync::Mutex::new(None);
+/// Where the container's `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` come from.
+const ETC: &str = "/run/bulkhead/etc";
+/// The files of [`ETC`].
+const ETC_FILES: [&str; 3] = ["hosts", "hostname", "resolv.conf"];
+
+#[derive(Clone)]
+struct Premounted {
+    device: String,
+    /// The /etc files bound from [`ETC`] already.
+    bound: Vec<&'static str>,
+}
 
 /// Largest file read from the image for lookups (`/etc/passwd`, `/etc/group`).
 const MAX_READ: u64 = 4 << 20;
@@ -169,10 +180,57 @@ pub fn premount(device: &str) -> Result<(), SetupError> {
         return Err(SetupError::Premounted);
     }
     check_block_device("root device", device)?;
-    create_dir(ROOTFS)?;
+    for dir in [ETC, ROOTFS] {
+        create_dir(dir)?;
+    }
     mount_writable_root(device, "ext4")?;
-    *premounted = Some(device.to_owned());
+    let bound = furnish(&open_root(String::new())?)?;
+    *premounted = Some(Premounted { device: device.to_owned(), bound });
     Ok(())
+}
+
+fn open_root(hostname: String) -> Result<Rootfs, SetupError> {
+    let root = File::open(ROOTFS).map_err(|source| SetupError::Io {
+        what: "opening",
+        path: ROOTFS.into(),
+        source,
+    })?;
+    Ok(Rootfs { path: PathBuf::from(ROOTFS), root: root.into(), hostname })
+}
+
+/// What a root gets whatever container it is for: the `/proc` mount point, `/dev` and `/sys`
+/// (the staged ones moved in), and `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` bound
+/// to files in [`ETC`] that start with the image's own content, for `setup` to fill in. Returns
+/// the /etc files it bound; one the image makes impossible to bind (a dangling symlink, say) is
+/// left for `setup`, which binds it only if it has content for it.
+fn furnish(rootfs: &Rootfs) -> Result<Vec<&'static str>, SetupError> {
+    rootfs.mount_point("/proc")?;
+    // Each staged tree moves once; a setup after one that failed past this point makes its own.
+    let dev = rootfs.mount_point("/dev")?;
+    if STAGED.swap(false, Ordering::SeqCst) {
+        mount_at(STAGED_DEV, &dev, "", MsFlags::MS_MOVE, None)?;
+        let sys = rootfs.mount_point("/sys")?;
+        mount_at(STAGED_SYS, &sys, "", MsFlags::MS_MOVE, None)?;
+    } else {
+        make_dev(&dev)?;
+        let sys = rootfs.mount_point("/sys")?;
+        mount_at("sysfs", &sys, "sysfs", MsFlags::MS_RDONLY | nosuid_nodev_noexec(), None)?;
+    }
+    let mut bound = Vec::new();
+    for name in ETC_FILES {
+        let source = format!("{ETC}/{name}");
+        let original = rootfs.read(&format!("/etc/{name}")).unwrap_or_default();
+        std::fs::write(&source, original).map_err(|source_err| SetupError::Io {
+            what: "writing",
+            path: source.clone(),
+            source: source_err,
+        })?;
+        if let Ok(target) = rootfs.file_mount_point(&format!("/etc/{name}")) {
+            mount_at(&source, &target, "", MsFlags::MS_BIND, None)?;
+            bound.push(name);
+        }
+    }
+    Ok(bound)
 }
 
 /// The container's own copy-on-write disk as its root: one mount, no overlay. The host makes the
@@ -202,15 +260,14 @@ pub fn setup(spec: &ContainerSpec) -> Result<Rootfs, SetupError> {
     }
     let tmpfs = spec.tmpfs.iter().map(|t| TmpfsMount::parse(t)).collect::<Result<Vec<_>, _>>()?;
 
-    let etc = format!("{BASE}/etc");
-    for dir in [&etc, &ROOTFS.to_owned()] {
+    for dir in [ETC, ROOTFS] {
         create_dir(dir)?;
     }
     let premounted = PREMOUNTED.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-    match premounted {
-        // An image's template mounted this very disk (the host gave the container a copy of the
-        // one the template saw): what the kernel holds of it is what the disk holds.
-        Some(device) if spec.root_writable && device == spec.root_device => {}
+    let bound = match premounted {
+        // An image's template mounted and furnished this very disk (the host gave the container
+        // a copy of the one the template saw): what the kernel holds of it is what it holds.
+        Some(Premounted { device, bound }) if spec.root_writable && device == spec.root_device => bound,
         Some(_) => return Err(SetupError::Premounted),
         None => {
             // A VM restored from a template may hold blocks it read from placeholder disks.
@@ -226,28 +283,12 @@ pub fn setup(spec: &ContainerSpec) -> Result<Rootfs, SetupError> {
             } else {
                 mount_overlay(spec, fstype)?;
             }
+            furnish(&open_root(String::new())?)?
         }
-    }
-    let root = File::open(ROOTFS).map_err(|source| SetupError::Io {
-        what: "opening",
-        path: ROOTFS.into(),
-        source,
-    })?;
-    let rootfs = Rootfs { path: PathBuf::from(ROOTFS), root: root.into(), hostname };
+    };
+    let rootfs = open_root(hostname)?;
 
-    rootfs.mount_point("/proc")?;
-    // Each staged tree moves once; a setup after one that failed past this point makes its own.
-    let dev = rootfs.mount_point("/dev")?;
-    if STAGED.swap(false, Ordering::SeqCst) {
-        mount_at(STAGED_DEV, &dev, "", MsFlags::MS_MOVE, None)?;
-        let sys = rootfs.mount_point("/sys")?;
-        mount_at(STAGED_SYS, &sys, "", MsFlags::MS_MOVE, None)?;
-    } else {
-        make_dev(&dev)?;
-        let sys = rootfs.mount_point("/sys")?;
-        mount_at("sysfs", &sys, "sysfs", MsFlags::MS_RDONLY | nosuid_nodev_noexec(), None)?;
-    }
-
+    // The container's own /etc files: written into the files bound over the image's.
     let hosts = if spec.hosts.is_empty() {
         format!(
             "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
@@ -261,14 +302,16 @@ pub fn setup(spec: &ContainerSpec) -> Result<Rootfs, SetupError> {
         files.push(("resolv.conf", spec.resolv_conf.clone()));
     }
     for (name, contents) in files {
-        let source = format!("{etc}/{name}");
+        let source = format!("{ETC}/{name}");
         std::fs::write(&source, contents).map_err(|source_err| SetupError::Io {
             what: "writing",
             path: source.clone(),
             source: source_err,
         })?;
-        let target = rootfs.file_mount_point(&format!("/etc/{name}"))?;
-        mount_at(&source, &target, "", MsFlags::MS_BIND, None)?;
+        if !bound.contains(&name) {
+            let target = rootfs.file_mount_point(&format!("/etc/{name}"))?;
+            mount_at(&source, &target, "", MsFlags::MS_BIND, None)?;
+        }
     }
 
     for t in &tmpfs {
