@@ -115,7 +115,7 @@ pub fn run(paths: &Paths, options: &CheckOptions, mut progress: impl FnMut(&Step
         vcpus: 1,
         accel: accel.accel,
         disks: Vec::new(),
-        cmdline: crate::clock::guest_cmdline(paths, accel.accel),
+        cmdline: crate::tcg::guest_cmdline(paths, accel.accel),
         run_dir: run_dir.clone(),
         console_log: console_log.clone(),
         ready_timeout: options.ready_timeout,

@@ -2,7 +2,6 @@
 //! sandbox VM and talking to its agent, and the host check.
 
 pub mod check;
-pub mod clock;
 pub mod container;
 mod error;
 pub mod guest;
@@ -11,6 +10,7 @@ pub mod network;
 pub mod paths;
 pub mod sandbox;
 pub mod session;
+pub mod tcg;
 pub mod template;
 
 pub use error::Error;

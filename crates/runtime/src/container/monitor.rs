@@ -178,7 +178,7 @@ fn supervise(
         vcpus: shared.config.vcpus,
         accel: accel.accel,
         disks: vec![disk],
-        cmdline: crate::clock::guest_cmdline(paths, accel.accel),
+        cmdline: crate::tcg::guest_cmdline(paths, accel.accel),
         run_dir: vm_dir,
         console_log: shared.containers.dir(&id).join("console.log"),
         ready_timeout: Duration::from_secs(60),

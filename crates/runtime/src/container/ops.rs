@@ -704,7 +704,7 @@ pub fn warm_template(
         accel: accel.accel,
         // The template makes its own placeholder disks from the layout below.
         disks: Vec::new(),
-        cmdline: crate::clock::guest_cmdline(paths, accel.accel),
+        cmdline: crate::tcg::guest_cmdline(paths, accel.accel),
         run_dir: paths.run_root.clone(),
         console_log: paths.run_root.join("unused.log"),
         ready_timeout: Duration::from_secs(60),
