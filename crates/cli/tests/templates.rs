@@ -135,6 +135,21 @@ fn a_damaged_template_falls_back_to_a_cold_boot() {
     env.ok(&["run", "--name", "fourth", "busybox", "true"]);
     assert!(start_path(&env, "fourth").starts_with(&format!("template {} ", &key[..12])));
     assert_eq!(std::fs::metadata(&memory).unwrap().len(), 256 << 20);
+
+    // A damaged image specialisation: that start restores the plain template, the next one a
+    // rebuilt specialisation.
+    let images = env.root().join("templates").join(&key).join("images");
+    let image = std::fs::read_dir(&images)
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().is_dir() && !e.file_name().to_string_lossy().starts_with('.'))
+        .unwrap()
+        .path();
+    std::fs::write(image.join("state"), b"QEVM garbage").unwrap();
+    env.ok(&["run", "--name", "fifth", "busybox", "echo", "fine"]);
+    assert_eq!(start_path(&env, "fifth"), format!("template {}", &key[..12]));
+    env.ok(&["run", "--name", "sixth", "busybox", "true"]);
+    assert!(start_path(&env, "sixth").contains("(image "), "{}", start_path(&env, "sixth"));
     assert!(env.processes().is_empty(), "{:?}", env.processes());
 }
 
