@@ -33,6 +33,17 @@ impl Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !cli.command.is_monitor() {
+        // Like other command-line tools, end quietly when the reader of our output goes away
+        // (`bulkhead ps | head -1`) instead of panicking on EPIPE. Sockets are not affected:
+        // the standard library sends on them with MSG_NOSIGNAL. The monitor keeps ignoring it:
+        // it must outlive whoever started it.
+        // SAFETY: sets a signal's disposition to its default, before any thread exists.
+        unsafe {
+            use nix::sys::signal::{signal, SigHandler, Signal};
+            let _ = signal(Signal::SIGPIPE, SigHandler::SigDfl);
+        }
+    }
     init_tracing(cli.debug);
     match commands::run(&cli) {
         Ok(code) => code,

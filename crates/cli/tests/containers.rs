@@ -69,6 +69,17 @@ fn fifty_megabytes_of_output_arrive_whole() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(out.stdout.len(), 52_428_800);
     assert!(out.stdout.iter().all(|b| b" 0123456789abcdef\n".contains(b)), "output was damaged");
+
+    // A reader that goes away early ends the command quietly, as it would `cat`.
+    let mut cmd = env.cmd();
+    cmd.args(["run", "--rm", "busybox", "sh", "-c", "head -c 10000000 /dev/zero | od -An -v"]);
+    let mut child =
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut first = [0u8; 16];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(!text(&out.stderr).contains("panicked"), "{}", text(&out.stderr));
 }
 
 #[test]

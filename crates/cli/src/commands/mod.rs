@@ -29,6 +29,13 @@ pub enum Command {
     Network(network::NetworkCommand),
 }
 
+impl Command {
+    /// The hidden `monitor` verb: the long-lived supervisor of one container.
+    pub fn is_monitor(&self) -> bool {
+        matches!(self, Command::Container(container::ContainerVerb::Monitor(_)))
+    }
+}
+
 pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Info(args) => host::info(cli, args),
