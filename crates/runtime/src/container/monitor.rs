@@ -413,8 +413,13 @@ fn start_from_image(
             return None;
         }
     };
-    if let Err(e) = std::fs::copy(&specialised.disk, &disk.path) {
+    // Through a temporary file: a monitor killed halfway leaves the container's disk whole.
+    let staged = disk.path.with_extension("qcow2.new");
+    if let Err(e) =
+        std::fs::copy(&specialised.disk, &staged).and_then(|_| std::fs::rename(&staged, &disk.path))
+    {
         tracing::warn!(error = %e, "copying the image template's disk");
+        let _ = std::fs::remove_file(&staged);
         return None;
     }
     match Sandbox::restore(config, &specialised.state, &specialised.memory) {
