@@ -296,8 +296,10 @@ impl Networks {
         let path = dir.join("network.json");
         let mut tmp =
             tempfile::NamedTempFile::new_in(&dir).map_err(Error::io("creating a temporary file in", &dir))?;
-        serde_json::to_writer_pretty(&mut tmp, network)
+        // Encoded first: the file gets one write, not one per token.
+        let bytes = serde_json::to_vec_pretty(network)
             .map_err(|e| Error::Corrupt { path: path.clone(), reason: e.to_string() })?;
+        std::io::Write::write_all(&mut tmp, &bytes).map_err(Error::io("writing", tmp.path()))?;
         tmp.as_file().sync_all().map_err(Error::io("syncing", tmp.path()))?;
         tmp.persist(&path).map_err(|e| Error::Io { what: "writing", path: path.clone(), source: e.error })?;
         Ok(())

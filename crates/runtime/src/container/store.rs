@@ -227,9 +227,11 @@ pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), Err
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp =
         tempfile::NamedTempFile::new_in(dir).map_err(Error::io("creating a temporary file in", dir))?;
-    serde_json::to_writer_pretty(&mut tmp, value)
+    // Encoded first: the file gets one write, not one per token.
+    let mut bytes = serde_json::to_vec_pretty(value)
         .map_err(|e| Error::Corrupt(format!("encoding {}: {e}", path.display())))?;
-    tmp.write_all(b"\n").map_err(Error::io("writing", tmp.path()))?;
+    bytes.push(b'\n');
+    tmp.write_all(&bytes).map_err(Error::io("writing", tmp.path()))?;
     tmp.as_file().sync_all().map_err(Error::io("syncing", tmp.path()))?;
     tmp.persist(path).map_err(|e| Error::Io { what: "replacing", path: path.to_owned(), source: e.error })?;
     Ok(())
