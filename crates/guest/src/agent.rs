@@ -58,8 +58,8 @@ pub fn serve(port: File, spawner: Spawner, boot: BootTimes) -> Result<(), Error>
     loop {
         match reader.read_frame()?.ok_or(Error::HostGone)? {
             Frame::Message(Message::Ping { seq }) => port_out.message(Message::Pong { seq })?,
-            Frame::Message(Message::MountRoot { device }) => {
-                let reply = match crate::rootfs::premount(&device) {
+            Frame::Message(Message::MountRoot { device, programs, path }) => {
+                let reply = match crate::rootfs::premount(&device, &programs, &path) {
                     Ok(()) => Message::SetupDone,
                     Err(e) => Message::Error { message: format!("mounting the root: {e}") },
                 };

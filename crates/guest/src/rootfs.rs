@@ -106,10 +106,17 @@ impl Rootfs {
 
     /// The contents of a small file inside the container; `None` when it cannot be read.
     pub fn read(&self, path: &str) -> Option<String> {
-        let fd = self.open(path, OFlag::O_RDONLY | OFlag::O_NOCTTY, Mode::empty()).ok()?;
         let mut text = String::new();
-        File::from(fd).take(MAX_READ).read_to_string(&mut text).ok()?;
+        self.open_regular(path)?.take(MAX_READ).read_to_string(&mut text).ok()?;
         Some(text)
+    }
+
+    /// Opens `path` for reading if it is a regular file. A FIFO or a device an image puts where
+    /// a file is expected is refused without blocking.
+    pub fn open_regular(&self, path: &str) -> Option<File> {
+        let flags = OFlag::O_RDONLY | OFlag::O_NOCTTY | OFlag::O_NONBLOCK;
+        let file = File::from(self.open(path, flags, Mode::empty()).ok()?);
+        file.metadata().ok()?.is_file().then_some(file)
     }
 
     /// Creates the directory `path` and its missing parents inside the container (as `mkdir -p`
@@ -173,8 +180,8 @@ pub fn prepare() -> Result<(), SetupError> {
 }
 
 /// Mounts `device` (ext4) read-write at [`ROOTFS`] before the container is known, for an
-/// image's template; `setup` then finds it mounted.
-pub fn premount(device: &str) -> Result<(), SetupError> {
+/// image's template; `setup` then finds it mounted. Then reads `programs` (see [`warm`]).
+pub fn premount(device: &str, programs: &[String], path_env: &str) -> Result<(), SetupError> {
     let mut premounted = PREMOUNTED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if premounted.is_some() {
         return Err(SetupError::Premounted);
@@ -184,9 +191,79 @@ pub fn premount(device: &str) -> Result<(), SetupError> {
         create_dir(dir)?;
     }
     mount_writable_root(device, "ext4")?;
-    let bound = furnish(&open_root(String::new())?)?;
+    let rootfs = open_root(String::new())?;
+    let bound = furnish(&rootfs)?;
+    warm(&rootfs, programs, path_env);
     *premounted = Some(Premounted { device: device.to_owned(), bound });
     Ok(())
+}
+
+/// Most of a container's first `exec` under emulation is reading its program from disk. Reads
+/// each of `programs` (looked up in `path_env`), the ELF interpreter it names and the C library
+/// next to that, and the user database, so that a template holds them in its page cache. Best
+/// effort: what cannot be found or read is skipped, and at most [`WARM_BYTES`] are read.
+fn warm(rootfs: &Rootfs, programs: &[String], path_env: &str) {
+    let path_env = if path_env.is_empty() { crate::container::DEFAULT_PATH } else { path_env };
+    let mut files: Vec<String> = vec!["/etc/passwd".into(), "/etc/group".into()];
+    for name in programs {
+        let Ok(program) = crate::lookup::find_program(rootfs, name, path_env, "/") else { continue };
+        if let Some(interpreter) = elf_interpreter(rootfs, &program) {
+            if let Some((dir, _)) = interpreter.rsplit_once('/') {
+                files.push(format!("{dir}/libc.so.6"));
+            }
+            files.push(interpreter);
+        }
+        files.push(program);
+    }
+    let mut budget = WARM_BYTES;
+    let mut buf = vec![0u8; 1 << 16];
+    for file in files {
+        let Some(mut file) = rootfs.open_regular(&file) else { continue };
+        while budget > 0 {
+            match file.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => budget = budget.saturating_sub(n as u64),
+            }
+        }
+    }
+}
+
+/// At most this much is read by [`warm`].
+const WARM_BYTES: u64 = 64 << 20;
+
+/// The `PT_INTERP` path of the ELF64 executable at `path` inside the container, if it has one.
+fn elf_interpreter(rootfs: &Rootfs, path: &str) -> Option<String> {
+    use std::os::unix::fs::FileExt;
+    let file = rootfs.open_regular(path)?;
+    let mut header = [0u8; 64];
+    file.read_exact_at(&mut header, 0).ok()?;
+    if header[..4] != *b"\x7fELF" || header[4] != 2 || header[5] != 1 {
+        return None;
+    }
+    let u16_at = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
+    let u64_at = |b: &[u8], at: usize| {
+        let mut raw = [0u8; 8];
+        raw.copy_from_slice(&b[at..at + 8]);
+        u64::from_le_bytes(raw)
+    };
+    let (phoff, phentsize, phnum) =
+        (u64_at(&header, 32), u64::from(u16_at(&header, 54)), u16_at(&header, 56));
+    if phentsize < 56 {
+        return None;
+    }
+    for index in 0..u64::from(phnum.min(64)) {
+        let mut ph = [0u8; 56];
+        file.read_exact_at(&mut ph, phoff.checked_add(index.checked_mul(phentsize)?)?).ok()?;
+        // PT_INTERP: p_offset at 8, p_filesz at 32; the path is NUL-terminated.
+        if u32::from_le_bytes([ph[0], ph[1], ph[2], ph[3]]) == 3 {
+            let len = usize::try_from(u64_at(&ph, 32)).ok().filter(|&l| l > 1 && l <= 4096)?;
+            let mut name = vec![0u8; len];
+            file.read_exact_at(&mut name, u64_at(&ph, 8)).ok()?;
+            let name = name.split(|&b| b == 0).next()?;
+            return String::from_utf8(name.to_vec()).ok().filter(|n| n.starts_with('/'));
+        }
+    }
+    None
 }
 
 fn open_root(hostname: String) -> Result<Rootfs, SetupError> {
@@ -477,6 +554,38 @@ fn mount_at(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn elf_interpreters_are_found_and_garbage_is_not_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = |path: &Path| Rootfs {
+            path: path.to_owned(),
+            root: File::open(path).unwrap().into(),
+            hostname: String::new(),
+        };
+        let host = root(Path::new("/"));
+        assert_eq!(elf_interpreter(&host, "/bin/ls").as_deref(), Some("/lib64/ld-linux-x86-64.so.2"));
+        assert_eq!(elf_interpreter(&host, "/bin/busybox"), None, "static");
+        let fake = root(dir.path());
+        for (name, bytes) in
+            [("empty", &b""[..]), ("text", b"#!/bin/sh\necho hi\n"), ("short-elf", b"\x7fELF\x02\x01\x01")]
+        {
+            std::fs::write(dir.path().join(name), bytes).unwrap();
+            assert_eq!(elf_interpreter(&fake, name), None, "{name}");
+        }
+        // A header whose program headers point far past the end.
+        let mut header = vec![0u8; 64];
+        header[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        header[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
+        header[54..56].copy_from_slice(&56u16.to_le_bytes());
+        header[56..58].copy_from_slice(&9u16.to_le_bytes());
+        std::fs::write(dir.path().join("wild"), &header).unwrap();
+        assert_eq!(elf_interpreter(&fake, "wild"), None);
+        // A FIFO where a file should be is skipped, not waited on.
+        nix::unistd::mkfifo(&dir.path().join("fifo"), Mode::from_bits_truncate(0o644)).unwrap();
+        assert!(fake.open_regular("fifo").is_none());
+        assert_eq!(fake.read("fifo"), None);
+    }
 
     #[test]
     fn tmpfs_options_split_into_flags_and_data() {

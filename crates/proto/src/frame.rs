@@ -195,7 +195,11 @@ mod tests {
                 boot: BootTimes { init_start_ns: 1, ready_ns: 2 },
             }),
             Frame::Message(Message::Ping { seq: u64::MAX }),
-            Frame::Message(Message::MountRoot { device: "/dev/vda".into() }),
+            Frame::Message(Message::MountRoot {
+                device: "/dev/vda".into(),
+                programs: vec!["sh".into()],
+                path: "/bin".into(),
+            }),
             Frame::Message(Message::Shutdown),
             Frame::Data { stream: 7, bytes: b"hello".to_vec() },
             Frame::Data { stream: 0, bytes: Vec::new() },

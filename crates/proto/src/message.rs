@@ -48,10 +48,16 @@ pub enum Message {
     },
     /// Host → guest, only before `Hello`, to a VM that is becoming an image's template: mount
     /// `device` (`ext4`, the image's copy-on-write root) read-write as the container root, so
-    /// that containers restored from the template find it mounted. Answered by `SetupDone` or
-    /// `Error`; a later `Setup` naming the same device uses that mount.
+    /// that containers restored from the template find it mounted, and read the programs named
+    /// in `programs` (looked up in `path`, with the ELF interpreter and C library they load) so
+    /// that they find those in memory too. Answered by `SetupDone` or `Error`; a later `Setup`
+    /// naming the same device uses that mount.
     MountRoot {
         device: String,
+        #[serde(default)]
+        programs: Vec<String>,
+        #[serde(default)]
+        path: String,
     },
     /// Host → guest: flush filesystems and power the VM off.
     Shutdown,

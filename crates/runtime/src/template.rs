@@ -236,17 +236,29 @@ pub struct ImageTemplate {
     pub disk: PathBuf,
 }
 
-/// The specialisation of `base` for the image whose empty copy-on-write disk is `cow` (named
-/// `image`), made now if there is none. `config` describes the containers' VMs; `device` is
-/// the disk's name in the guest.
+/// What an image's specialisation is made for.
+#[derive(Debug, Clone)]
+pub struct ImageSpec<'a> {
+    /// Names the image, for the specialisation's directory.
+    pub name: &'a str,
+    /// An empty copy-on-write disk over the image's root disk.
+    pub cow: &'a Path,
+    /// The disk's name in the guest.
+    pub device: &'a str,
+    /// Programs to have in memory (the first container's command), looked up in `path`.
+    pub programs: Vec<String>,
+    pub path: String,
+}
+
+/// The specialisation of `base` for `image`, made now if there is none. `config` describes the
+/// containers' VMs.
 pub fn ensure_image(
     paths: &Paths,
     config: &SandboxConfig,
     base: &Template,
-    image: &str,
-    cow: &Path,
-    device: &str,
+    spec: &ImageSpec,
 ) -> Result<ImageTemplate, Error> {
+    let image = spec.name;
     let images = dir(paths).join(&base.key).join("images");
     let home = images.join(image);
     if let Some(found) = load_image(&home, base) {
@@ -271,7 +283,7 @@ pub fn ensure_image(
     if home.exists() {
         std::fs::remove_dir_all(&home).map_err(Error::io("removing the damaged template", &home))?;
     }
-    build_image(config, base, cow, device, &images, &home)?;
+    build_image(config, base, spec, &images, &home)?;
     load_image(&home, base).ok_or_else(|| {
         Error::Corrupt(format!("image template {} was built but cannot be read back", home.display()))
     })
@@ -291,8 +303,7 @@ fn load_image(home: &Path, base: &Template) -> Option<ImageTemplate> {
 fn build_image(
     config: &SandboxConfig,
     base: &Template,
-    cow: &Path,
-    device: &str,
+    spec: &ImageSpec,
     images: &Path,
     home: &Path,
 ) -> Result<(), Error> {
@@ -312,7 +323,7 @@ fn build_image(
         return Err(Error::Invalid(format!("copying {} failed ({status})", base.memory.display())));
     }
     let disk = work.path().join("disk.qcow2");
-    std::fs::copy(cow, &disk).map_err(Error::io("copying a disk to", &disk))?;
+    std::fs::copy(spec.cow, &disk).map_err(Error::io("copying a disk to", &disk))?;
     let (net, tap) = placeholder_net(config, &base.key)?;
     let build_config = SandboxConfig {
         disks: vec![Disk { path: disk.clone(), read_only: false, format: DiskFormat::Qcow2 }],
@@ -323,7 +334,11 @@ fn build_image(
     };
     let mut sandbox = Sandbox::restore_unintroduced(&build_config, &base.state, &memory)?;
     let mounted = sandbox.request(
-        Message::MountRoot { device: device.to_owned() },
+        Message::MountRoot {
+            device: spec.device.to_owned(),
+            programs: spec.programs.clone(),
+            path: spec.path.clone(),
+        },
         crate::sandbox::REQUEST_TIMEOUT,
         "mount the image's root",
     );

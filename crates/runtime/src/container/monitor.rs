@@ -404,8 +404,18 @@ fn start_from_image(
     use crate::template;
     let disk = config.disks.first().filter(|d| d.format == DiskFormat::Qcow2 && config.disks.len() == 1)?;
     let image = shared.config.root_disk.file_stem()?.to_string_lossy().into_owned();
-    let specialised = super::ops::cow_template(paths, &shared.config.root_disk)
-        .and_then(|cow| template::ensure_image(paths, config, template, &image, &cow, "/dev/vda"));
+    let process = &shared.config.process;
+    let path = process.env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or_default();
+    let specialised = super::ops::cow_template(paths, &shared.config.root_disk).and_then(|cow| {
+        let spec = template::ImageSpec {
+            name: &image,
+            cow: &cow,
+            device: "/dev/vda",
+            programs: process.args.first().cloned().into_iter().collect(),
+            path: path.to_owned(),
+        };
+        template::ensure_image(paths, config, template, &spec)
+    });
     let specialised = match specialised {
         Ok(specialised) => specialised,
         Err(e) => {
