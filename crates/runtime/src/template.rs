@@ -204,11 +204,12 @@ fn build(paths: &Paths, config: &SandboxConfig, meta: &TemplateMeta, home: &Path
     std::fs::rename(&staged, home).map_err(Error::io("installing template", home))
 }
 
-/// The network card a template is made with: like `config`'s, on a scratch TAP device (removed
-/// when the returned guard drops) or a user-mode stack, with a placeholder MAC.
+/// The network card a template is made with: like `config`'s, on a scratch TAP device named
+/// after `build` (removed when the returned guard drops) or a user-mode stack, with a
+/// placeholder MAC. Builds that may run at the same time need different `build` names.
 fn placeholder_net(
     config: &SandboxConfig,
-    key: &str,
+    build: &str,
 ) -> Result<(Option<NetDevice>, Option<ScratchTap>), Error> {
     Ok(match &config.net {
         None => (None, None),
@@ -216,7 +217,8 @@ fn placeholder_net(
             (Some(NetDevice::User { mac: PLACEHOLDER_MAC.into(), forwards: Vec::new() }), None)
         }
         Some(NetDevice::Tap { .. }) => {
-            let name = format!("bhtpl{}", &key[..10]);
+            // Interface names have at most 15 bytes.
+            let name = format!("bhtpl{}", &hex::encode(Sha256::digest(build.as_bytes()))[..10]);
             let tap = ScratchTap::create(&name)?;
             (Some(NetDevice::Tap { ifname: name, mac: PLACEHOLDER_MAC.into() }), Some(tap))
         }
@@ -324,7 +326,7 @@ fn build_image(
     }
     let disk = work.path().join("disk.qcow2");
     std::fs::copy(spec.cow, &disk).map_err(Error::io("copying a disk to", &disk))?;
-    let (net, tap) = placeholder_net(config, &base.key)?;
+    let (net, tap) = placeholder_net(config, &format!("{}/{}", base.key, spec.name))?;
     let build_config = SandboxConfig {
         disks: vec![Disk { path: disk.clone(), read_only: false, format: DiskFormat::Qcow2 }],
         net,
