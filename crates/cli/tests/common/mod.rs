@@ -74,6 +74,19 @@ impl Env {
         let out = Command::new("pgrep").arg("-af").arg(self.dir.path().to_str().unwrap()).output().unwrap();
         text(&out.stdout).lines().filter(|l| !l.contains("pgrep")).map(str::to_owned).collect()
     }
+
+    /// [`Env::processes`] once none are left, or after 10 s: a monitor ends a moment after the
+    /// command that waited for its container.
+    pub fn processes_after_exit(&self) -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let left = self.processes();
+            if left.is_empty() || std::time::Instant::now() > deadline {
+                return left;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for Env {
