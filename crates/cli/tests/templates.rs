@@ -181,6 +181,26 @@ fn an_image_template_serves_first_starts_and_restarts_keep_the_disk() {
 }
 
 #[test]
+fn a_container_keeps_its_disk_when_its_image_is_removed_and_pruned() {
+    let env = Env::new();
+    import_marked(&env);
+    env.ok(&["run", "-d", "--name", "keeper", "marked", "sleep", "100000"]);
+    env.ok(&["exec", "keeper", "sh", "-c", "echo mine > /mine"]);
+    env.ok(&["stop", "-t", "1", "keeper"]);
+    env.ok(&["rmi", "marked"]);
+    env.ok(&["image", "prune"]);
+    // The container's disk is copy-on-write over the image's root disk, which must stay.
+    env.ok(&["start", "keeper"]);
+    assert_eq!(env.ok(&["exec", "keeper", "cat", "/etc/marker", "/mine"]), "second image\nmine\n");
+    env.ok(&["rm", "-f", "keeper"]);
+    // Once no container uses it, prune takes it.
+    let disks = || std::fs::read_dir(env.root().join("disks")).unwrap().count();
+    let before = disks();
+    env.ok(&["image", "prune"]);
+    assert!(disks() < before, "the unused root disk stays");
+}
+
+#[test]
 fn concurrent_starts_build_one_template() {
     let env = Env::new();
     let children: Vec<_> = (0..3)

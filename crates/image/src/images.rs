@@ -166,11 +166,18 @@ impl Store {
     /// Deletes blobs, root disks and extracted kernels no reference needs. Holds the store's
     /// write lock exclusively, so it waits for pulls and imports in flight and they wait for it.
     pub fn prune(&self) -> Result<PruneReport, Error> {
+        self.prune_keeping(&HashSet::new())
+    }
+
+    /// [`Store::prune`], but the root disks and extracted kernels of the images named in `keep`
+    /// (digest hex) stay even when no reference names them: containers use them (a container's
+    /// disk is copy-on-write over its image's root disk).
+    pub fn prune_keeping(&self, keep: &HashSet<String>) -> Result<PruneReport, Error> {
         let _gc = self.gc_lock(true)?;
         let _index = self.lock("images.lock")?;
         let index = self.read_index()?;
         let mut live: HashSet<String> = HashSet::new();
-        let mut live_images: HashSet<String> = HashSet::new();
+        let mut live_images: HashSet<String> = keep.clone();
         for entry in index.images.values() {
             let digest = Digest::parse(&entry.digest)?;
             live_images.insert(digest.hex().to_owned());

@@ -218,7 +218,9 @@ pub fn run(cli: &Cli, verb: &ImageVerb) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&out)?);
             }
             ImageAction::Prune => {
-                let report = store.prune().context("pruning the store")?;
+                let in_use = bulkhead_runtime::container::ops::images_in_use(&cli.paths())
+                    .context("listing the images containers use")?;
+                let report = store.prune_keeping(&in_use).context("pruning the store")?;
                 println!(
                     "Deleted {} blobs and {} cached disks/kernels, {} reclaimed",
                     report.blobs,

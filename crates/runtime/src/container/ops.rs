@@ -444,6 +444,18 @@ pub fn restart(paths: &Paths, name: &str, timeout: Duration) -> Result<String, E
 }
 
 /// Containers, newest first; only running ones unless `all`.
+/// The digests (hex) of the images and kernels that containers use, running or not: their root
+/// disks and kernels must outlive the images' names.
+pub fn images_in_use(paths: &Paths) -> Result<std::collections::HashSet<String>, Error> {
+    let mut in_use = std::collections::HashSet::new();
+    for container in list(paths, true)? {
+        for digest in [&container.config.image_digest, &container.config.kernel_digest] {
+            in_use.insert(digest.strip_prefix("sha256:").unwrap_or(digest).to_owned());
+        }
+    }
+    Ok(in_use)
+}
+
 pub fn list(paths: &Paths, all: bool) -> Result<Vec<Container>, Error> {
     let containers = Containers::new(paths);
     let mut out = Vec::new();
