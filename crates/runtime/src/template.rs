@@ -58,6 +58,8 @@ pub struct Template {
     pub key: String,
     pub state: PathBuf,
     pub memory: PathBuf,
+    /// The images it has a specialisation for (see [`ImageTemplate`]).
+    pub images: Vec<String>,
     pub meta: TemplateMeta,
     pub bytes: u64,
     pub created: Option<String>,
@@ -158,7 +160,23 @@ fn load(home: &Path) -> Option<Template> {
     // The file is sparse: count what it holds.
     let memory_bytes = std::os::unix::fs::MetadataExt::blocks(&memory_info) * 512;
     let created = info.modified().ok().map(|t| chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339());
-    Some(Template { key: meta.key(), state, memory, meta, bytes: info.len() + memory_bytes, created })
+    // Specialisations count towards the size: they go with the template.
+    let mut images = Vec::new();
+    let mut image_bytes = 0;
+    for entry in std::fs::read_dir(home.join("images")).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !entry.path().is_dir() || name.starts_with('.') {
+            continue;
+        }
+        for file in std::fs::read_dir(entry.path()).into_iter().flatten().flatten() {
+            image_bytes +=
+                file.metadata().map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512).unwrap_or(0);
+        }
+        images.push(name);
+    }
+    images.sort();
+    let bytes = info.len() + memory_bytes + image_bytes;
+    Some(Template { key: meta.key(), state, memory, images, meta, bytes, created })
 }
 
 /// Boots a VM on placeholder disks, waits for its init, and saves it.

@@ -672,6 +672,7 @@ fn template(cli: &Cli, command: &TemplateCommand) -> anyhow::Result<ExitCode> {
                         t.meta.accel.clone(),
                         t.meta.net.clone(),
                         t.meta.kernel_digest.get(7..19).unwrap_or("").to_owned(),
+                        t.images.len().to_string(),
                         super::output::human_size(t.bytes),
                         t.created.clone().unwrap_or_default(),
                     ]
@@ -679,7 +680,10 @@ fn template(cli: &Cli, command: &TemplateCommand) -> anyhow::Result<ExitCode> {
                 .collect();
             print!(
                 "{}",
-                table(&["KEY", "MEMORY", "VCPUS", "ACCEL", "NET", "KERNEL", "SIZE", "CREATED"], &rows)
+                table(
+                    &["KEY", "MEMORY", "VCPUS", "ACCEL", "NET", "KERNEL", "IMAGES", "SIZE", "CREATED"],
+                    &rows
+                )
             );
         }
         TemplateCommand::Rm { keys } => {
