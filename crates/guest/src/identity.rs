@@ -10,8 +10,13 @@
 //! 3. Block devices: the template saw placeholder disks. [`forget_block_cache`] drops every
 //!    cached block of the container's disks (`BLKFLSBUF`) before they are mounted, so nothing
 //!    the template read survives; the placeholders are as large as the largest real disk, so the
-//!    device sizes the template recorded are never too small.
-//! 4. Name, MAC and address: set by `Setup` (hostname in the container's UTS namespace; the
+//!    device sizes the template recorded are never too small. An image's specialisation of a
+//!    template (its root mounted before the save, see `rootfs::premount`) is restored only on a
+//!    byte-for-byte copy of the disk it mounted, so what its kernel holds of the disk is what the
+//!    disk holds; every container writes its own copy.
+//! 4. The clock source: under TCG the host passes its TSC rate (`tsc_early_khz=`) so that no
+//!    template keeps time with jiffies after a failed PIT calibration.
+//! 5. Name, MAC and address: set by `Setup` (hostname in the container's UTS namespace; the
 //!    network card gets the container's MAC and address), which a template never ran.
 
 use std::os::fd::AsRawFd;
