@@ -187,7 +187,12 @@ fn a_container_keeps_its_disk_when_its_image_is_removed_and_pruned() {
     env.ok(&["run", "-d", "--name", "keeper", "marked", "sleep", "100000"]);
     env.ok(&["exec", "keeper", "sh", "-c", "echo mine > /mine"]);
     env.ok(&["stop", "-t", "1", "keeper"]);
-    env.ok(&["rmi", "marked"]);
+    // Like Docker: the last name of an image a container was made from goes only by force.
+    let out = env.run(&["rmi", "marked"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("is used by container keeper") && err.lines().count() == 1, "{err}");
+    env.ok(&["rmi", "--force", "marked"]);
     env.ok(&["image", "prune"]);
     // The container's disk is copy-on-write over the image's root disk, which must stay.
     env.ok(&["start", "keeper"]);

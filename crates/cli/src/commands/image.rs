@@ -122,6 +122,33 @@ enum ImageAction {
     },
 }
 
+/// As Docker does: the last name of an image that a container (running or not) was made from is
+/// not removed without `--force`.
+fn refuse_if_last_name_in_use(cli: &Cli, store: &Store, reference: &str) -> anyhow::Result<()> {
+    let Ok(info) = store.resolve_image(reference) else {
+        return Ok(()); // remove_image says what is wrong with it
+    };
+    let digest = info.digest.to_string();
+    let names = store.images()?.iter().filter(|i| i.digest == digest).count();
+    let by_name = info.reference.to_string() == reference
+        || Reference::parse(reference).is_ok_and(|r| r.to_string() == info.reference.to_string());
+    if names > 1 && by_name {
+        return Ok(());
+    }
+    let users: Vec<String> = bulkhead_runtime::container::ops::list(&cli.paths(), true)?
+        .into_iter()
+        .filter(|c| c.config.image_digest == digest)
+        .map(|c| c.config.name)
+        .collect();
+    if users.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "image {reference} is used by container {}; remove the container first or use --force",
+        users.join(", ")
+    )
+}
+
 fn open(cli: &Cli) -> anyhow::Result<Store> {
     Store::open(&cli.root).with_context(|| format!("opening store {}", cli.root.display()))
 }
@@ -155,7 +182,8 @@ pub fn run(cli: &Cli, verb: &ImageVerb) -> anyhow::Result<ExitCode> {
         ImageVerb::Rmi { references, force } => {
             let mut failed = false;
             for r in references {
-                match store.remove_image(r, *force) {
+                let in_use = if *force { Ok(()) } else { refuse_if_last_name_in_use(cli, &store, r) };
+                match in_use.and_then(|()| store.remove_image(r, *force).map_err(anyhow::Error::from)) {
                     Ok(removed) => removed.iter().for_each(|r| println!("Untagged: {}", r.familiar())),
                     Err(e) => {
                         eprintln!("bulkhead: removing {r}: {e}");
