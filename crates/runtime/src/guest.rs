@@ -57,14 +57,7 @@ pub fn initramfs(paths: &Paths, guest: &Path) -> Result<PathBuf, Error> {
     let binary = std::fs::read(guest).map_err(Error::io("reading guest init", guest))?;
     let key = hex::encode(&Sha256::digest(&binary)[..12]);
     let path = dir.join(format!("{key}.cpio"));
-    let remember = || {
-        // Best effort: without it the next start hashes the binary again.
-        if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(&dir) {
-            if tmp.write_all(key.as_bytes()).is_ok() {
-                let _ = tmp.persist(&stamp_path);
-            }
-        }
-    };
+    let remember = || crate::paths::write_cache_file(&stamp_path, &key);
     if path.is_file() {
         remember();
         return Ok(path);

@@ -23,3 +23,17 @@ impl Paths {
         &self.root
     }
 }
+
+/// Replaces the small cache file `path` with `contents` (temporary file, rename), creating its
+/// directory. Best effort: a cache that cannot be written only costs recomputing its value.
+pub(crate) fn write_cache_file(path: &Path, contents: &str) {
+    use std::io::Write;
+    let Some(dir) = path.parent() else { return };
+    if std::fs::create_dir_all(dir).is_ok() {
+        if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(dir) {
+            if tmp.write_all(contents.as_bytes()).is_ok() {
+                let _ = tmp.persist(path);
+            }
+        }
+    }
+}

@@ -44,15 +44,7 @@ fn host_tsc_khz(paths: &Paths) -> Option<u64> {
         }
     }
     let khz = measure_tsc_khz()?;
-    // Best effort: a cache that cannot be written costs the next start another measurement.
-    if std::fs::create_dir_all(paths.cache_dir()).is_ok() {
-        if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(paths.cache_dir()) {
-            use std::io::Write;
-            if writeln!(tmp, "{boot}\n{khz}").is_ok() {
-                let _ = tmp.persist(&cache);
-            }
-        }
-    }
+    crate::paths::write_cache_file(&cache, &format!("{boot}\n{khz}\n"));
     Some(khz)
 }
 

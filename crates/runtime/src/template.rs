@@ -15,10 +15,10 @@ use std::path::{Path, PathBuf};
 
 use bulkhead_proto::Message;
 use bulkhead_vmm::{Disk, DiskFormat, NetDevice};
-use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::container::store::lock_file;
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::{Error, Paths};
 
@@ -123,18 +123,7 @@ pub fn ensure(paths: &Paths, config: &SandboxConfig, meta: &TemplateMeta) -> Res
         return Ok(template);
     }
     std::fs::create_dir_all(&root).map_err(Error::io("creating", &root))?;
-    let lock_path = root.join(format!("{key}.lock"));
-    let lock_file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(Error::io("opening", &lock_path))?;
-    let _lock = Flock::lock(lock_file, FlockArg::LockExclusive).map_err(|(_, e)| Error::Io {
-        what: "locking",
-        path: lock_path.clone(),
-        source: e.into(),
-    })?;
+    let _lock = lock_file(&root.join(format!("{key}.lock")))?;
     // Whoever held the lock before us may have made it.
     if let Some(template) = load(&home) {
         return Ok(template);
@@ -285,18 +274,7 @@ pub fn ensure_image(
         return Ok(found);
     }
     std::fs::create_dir_all(&images).map_err(Error::io("creating", &images))?;
-    let lock_path = images.join(format!("{image}.lock"));
-    let lock_file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(Error::io("opening", &lock_path))?;
-    let _lock = Flock::lock(lock_file, FlockArg::LockExclusive).map_err(|(_, e)| Error::Io {
-        what: "locking",
-        path: lock_path.clone(),
-        source: e.into(),
-    })?;
+    let _lock = lock_file(&images.join(format!("{image}.lock")))?;
     if let Some(found) = load_image(&home, base) {
         return Ok(found);
     }
@@ -433,15 +411,7 @@ pub fn qemu_version(paths: &Paths) -> Result<String, Error> {
         }
     }
     let version = bulkhead_vmm::qemu_version(&qemu)?;
-    // Best effort: a cache that cannot be written only costs the next start a `qemu -version`.
-    if std::fs::create_dir_all(paths.cache_dir()).is_ok() {
-        if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(paths.cache_dir()) {
-            use std::io::Write;
-            if writeln!(tmp, "{stamp}\n{version}").is_ok() {
-                let _ = tmp.persist(&cache);
-            }
-        }
-    }
+    crate::paths::write_cache_file(&cache, &format!("{stamp}\n{version}\n"));
     Ok(version)
 }
 

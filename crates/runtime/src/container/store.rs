@@ -203,7 +203,8 @@ impl Containers {
     }
 }
 
-fn lock_file(path: &Path) -> Result<Flock<File>, Error> {
+/// An exclusive `flock` on `path` (created if missing), held until the value drops.
+pub(crate) fn lock_file(path: &Path) -> Result<Flock<File>, Error> {
     let file = File::options()
         .create(true)
         .truncate(false)
