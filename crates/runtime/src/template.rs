@@ -58,9 +58,10 @@ pub struct Template {
     pub key: String,
     pub state: PathBuf,
     pub memory: PathBuf,
-    /// The images it has a specialisation for (see [`ImageTemplate`]).
+    /// The images it has a specialisation for (see [`ImageTemplate`]); filled in by [`list`].
     pub images: Vec<String>,
     pub meta: TemplateMeta,
+    /// Bytes on disk (files are sparse); with the specialisations once [`list`] counted them.
     pub bytes: u64,
     pub created: Option<String>,
 }
@@ -149,23 +150,25 @@ fn load(home: &Path) -> Option<Template> {
     // The file is sparse: count what it holds.
     let memory_bytes = std::os::unix::fs::MetadataExt::blocks(&memory_info) * 512;
     let created = info.modified().ok().map(|t| chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339());
-    // Specialisations count towards the size: they go with the template.
-    let mut images = Vec::new();
-    let mut image_bytes = 0;
+    let bytes = info.len() + memory_bytes;
+    Some(Template { key: meta.key(), state, memory, images: Vec::new(), meta, bytes, created })
+}
+
+/// Fills in the image specialisations of the template at `home` and counts them in its size:
+/// they go with it. Only for listing; a start has no use for it.
+fn count_specialisations(home: &Path, template: &mut Template) {
     for entry in std::fs::read_dir(home.join("images")).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if !entry.path().is_dir() || name.starts_with('.') {
             continue;
         }
         for file in std::fs::read_dir(entry.path()).into_iter().flatten().flatten() {
-            image_bytes +=
+            template.bytes +=
                 file.metadata().map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512).unwrap_or(0);
         }
-        images.push(name);
+        template.images.push(name);
     }
-    images.sort();
-    let bytes = info.len() + memory_bytes + image_bytes;
-    Some(Template { key: meta.key(), state, memory, images, meta, bytes, created })
+    template.images.sort();
 }
 
 /// Boots a VM on placeholder disks, waits for its init, and saves it.
@@ -423,7 +426,14 @@ pub fn list(paths: &Paths) -> Result<Vec<Template>, Error> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(Error::Io { what: "listing", path: root, source: e }),
     };
-    let mut out: Vec<Template> = entries.flatten().filter_map(|e| load(&e.path())).collect();
+    let mut out: Vec<Template> = entries
+        .flatten()
+        .filter_map(|e| {
+            let mut template = load(&e.path())?;
+            count_specialisations(&e.path(), &mut template);
+            Some(template)
+        })
+        .collect();
     out.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(out)
 }
