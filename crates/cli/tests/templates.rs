@@ -206,6 +206,45 @@ fn a_container_keeps_its_disk_when_its_image_is_removed_and_pruned() {
 }
 
 #[test]
+fn an_image_the_guest_cannot_mount_fails_with_one_line_and_leaves_no_template_of_it() {
+    let env = Env::new();
+    // A hostile image: /proc is a file, so nothing can be mounted there.
+    let dir = env.dir.path().join("bad");
+    std::fs::create_dir_all(&dir).unwrap();
+    let untar = Command::new("tar").arg("-C").arg(&dir).arg("-xf").arg(common::busybox_tarball()).status();
+    assert!(untar.unwrap().success());
+    let _ = std::fs::remove_dir_all(dir.join("proc"));
+    std::fs::write(dir.join("proc"), "not a directory\n").unwrap();
+    let tarball = env.dir.path().join("bad.tar");
+    let tar = Command::new("tar").arg("-C").arg(&dir).arg("-cf").arg(&tarball).arg(".").status();
+    assert!(tar.unwrap().success());
+    env.ok(&["import", tarball.to_str().unwrap(), "bad"]);
+
+    // The image's specialisation fails in the guest (MountRoot answers an error); the start
+    // falls back to the plain template, whose Setup fails the same way: one line, code 125.
+    let out = env.run(&["run", "--name", "bad1", "bad", "true"]);
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("/proc") && err.trim().lines().count() == 1, "{err}");
+    let key = template_keys(&env).pop().unwrap();
+    let images = env.root().join("templates").join(&key).join("images");
+    let installed: Vec<_> = std::fs::read_dir(&images)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().is_dir() && !e.file_name().to_string_lossy().starts_with('.'))
+                .count()
+        })
+        .into_iter()
+        .collect();
+    assert!(installed.iter().all(|n| *n == 0), "a specialisation of the bad image was installed");
+    // A good image still starts from the same template.
+    env.ok(&["run", "--rm", "busybox", "true"]);
+    assert_eq!(template_keys(&env), vec![key]);
+    let left = env.processes_after_exit();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
 fn concurrent_starts_build_one_template() {
     let env = Env::new();
     let children: Vec<_> = (0..3)

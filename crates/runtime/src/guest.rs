@@ -49,8 +49,10 @@ pub fn initramfs(paths: &Paths, guest: &Path) -> Result<PathBuf, Error> {
     );
     let stamp_path = dir.join(format!("by-file-{}", hex::encode(&Sha256::digest(stamp.as_bytes())[..12])));
     if let Ok(key) = std::fs::read_to_string(&stamp_path) {
-        let path = dir.join(format!("{}.cpio", key.trim()));
-        if key.trim().len() == 24 && path.is_file() {
+        // Anything but a key as written below is a damaged cache entry: hash again.
+        let key = key.trim();
+        let path = dir.join(format!("{key}.cpio"));
+        if key.len() == 24 && key.bytes().all(|b| b.is_ascii_hexdigit()) && path.is_file() {
             return Ok(path);
         }
     }
@@ -130,6 +132,22 @@ mod tests {
         assert_eq!((find("dev/console").1, find("dev/console").2), (0o020_600, 1));
         for dir in ["dev", "proc", "sys", "run"] {
             assert_eq!(find(dir).1, 0o040_755);
+        }
+
+        // Damaged "this file went into that image" entries are ignored: the binary is hashed.
+        let stamps = || {
+            std::fs::read_dir(paths.cache_dir().join("initramfs"))
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("by-file-"))
+                .map(|e| e.path())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(stamps().len(), 1);
+        for garbage in ["", "../../../../etc/passwd", "zzzzzzzzzzzzzzzzzzzzzzzz", "0123456789abcdef01234567"]
+        {
+            std::fs::write(&stamps()[0], garbage).unwrap();
+            assert_eq!(initramfs(&paths, &guest).unwrap(), first, "{garbage:?}");
         }
 
         std::fs::write(&guest, b"another init").unwrap();

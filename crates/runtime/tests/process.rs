@@ -565,6 +565,15 @@ fn bad_requests_get_one_line_errors_and_the_guest_keeps_serving() {
         assert!(err.contains(expected), "{err} lacks {expected}");
         assert!(!err.contains('\n'), "{err}");
     }
+    // Mounting a root ahead is for a template being made, never after the handshake.
+    let err = request(Message::MountRoot {
+        device: "/dev/null".into(),
+        programs: vec!["sh".into()],
+        path: "/".into(),
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("unexpected message mount_root") && !err.contains('\n'), "{err}");
     // The failed mount left nothing behind that stops a good setup.
     assert_eq!(request(Message::Setup { container: container("erofs") }).unwrap(), Message::SetupDone);
     let err = request(Message::Setup { container: container("erofs") }).unwrap_err().to_string();

@@ -150,3 +150,42 @@ impl VmConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_sizes_come_from_the_file_or_the_qcow2_header_and_garbage_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("raw.img");
+        std::fs::File::create(&raw).unwrap().set_len(3 << 20).unwrap();
+        assert_eq!(Disk::raw(&raw, false).guest_size().unwrap(), 3 << 20);
+
+        // A real qcow2 image over the raw one, as containers get.
+        let cow = dir.path().join("cow.qcow2");
+        let made = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&raw)
+            .arg(&cow)
+            .status()
+            .expect("qemu-img (qemu-utils) is installed");
+        assert!(made.success());
+        let qcow2 = |path: &std::path::Path| Disk {
+            path: path.to_owned(),
+            read_only: false,
+            format: DiskFormat::Qcow2,
+        };
+        assert_eq!(qcow2(&cow).guest_size().unwrap(), 3 << 20);
+
+        for (name, bytes) in
+            [("empty", &b""[..]), ("short", b"QFI\xfb\0\0\0\x03"), ("raw-bytes", &[0u8; 64][..])]
+        {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            let err = qcow2(&path).guest_size().unwrap_err().to_string();
+            assert!(err.contains(name) && !err.contains('\n'), "{err}");
+        }
+        assert!(qcow2(&dir.path().join("missing")).guest_size().is_err());
+    }
+}
