@@ -69,23 +69,37 @@ def smaps(pid):
     return out
 
 
-def main():
+def build():
+    """Builds bulkhead (release) and the guest kernel; returns the binary's path and the kernel
+    directory."""
     kernel_dir = sh(f"{REPO}/kernel/build")
-    guest = sh(f"{REPO}/scripts/build-guest")
     subprocess.run(["cargo", "build", "--quiet", "--release", "-p", "bulkhead-cli"], cwd=REPO, check=True)
-    bulkhead = f"{REPO}/target/release/bulkhead"
+    return f"{REPO}/target/release/bulkhead", kernel_dir
+
+
+def busybox_store(bulkhead, kernel_dir, tmp):
+    """A store under `tmp` with the kernel and a `busybox` image whose root filesystem is
+    `tmp`/bundle/rootfs (for crun too); returns the environment that uses it. No network, like
+    the crun baseline (and nothing made on the host's interfaces)."""
+    guest = sh(f"{REPO}/scripts/build-guest")
+    env = dict(os.environ, BULKHEAD_ROOT=f"{tmp}/store", BULKHEAD_RUN_ROOT=f"{tmp}/run", BULKHEAD_GUEST=guest,
+               BULKHEAD_NETWORK="none")
+    rootfs = f"{tmp}/bundle/rootfs"
+    busybox_rootfs(rootfs)
+    sh("tar", "-C", rootfs, "-cf", f"{tmp}/busybox.tar", ".")
+    subprocess.run([bulkhead, "kernel", "import", f"{kernel_dir}/vmlinux"], env=env, check=True, capture_output=True)
+    subprocess.run([bulkhead, "import", f"{tmp}/busybox.tar", "busybox"], env=env, check=True, capture_output=True)
+    return env
+
+
+def main():
+    bulkhead, kernel_dir = build()
     med = statistics.median
 
     with tempfile.TemporaryDirectory() as tmp:
-        # No network, like the crun baseline (and nothing made on the host's interfaces).
-        env = dict(os.environ, BULKHEAD_ROOT=f"{tmp}/store", BULKHEAD_RUN_ROOT=f"{tmp}/run", BULKHEAD_GUEST=guest,
-                   BULKHEAD_NETWORK="none")
-        rootfs = f"{tmp}/bundle/rootfs"
-        busybox_rootfs(rootfs)
-        sh("tar", "-C", rootfs, "-cf", f"{tmp}/busybox.tar", ".")
-        subprocess.run([bulkhead, "kernel", "import", f"{kernel_dir}/vmlinux"], env=env, check=True, capture_output=True)
-        subprocess.run([bulkhead, "import", f"{tmp}/busybox.tar", "busybox"], env=env, check=True, capture_output=True)
-        subprocess.run([bulkhead, "run", "--rm", "busybox", "true"], env=env, check=True)  # warm: root disk, rw template
+        env = busybox_store(bulkhead, kernel_dir, tmp)
+        # Warm: the root disk, the template and the image's specialisation.
+        subprocess.run([bulkhead, "run", "--rm", "busybox", "true"], env=env, check=True)
 
         runs, boots, execs = [], [], []
         for _ in range(N):

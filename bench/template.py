@@ -13,7 +13,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import busybox_rootfs, crun_runs, smaps, sh, timed, REPO  # noqa: E402
+from run import build, busybox_store, crun_runs, smaps, sh, timed  # noqa: E402
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 10
 IDLE = 10
@@ -63,19 +63,10 @@ def page_cache_bytes(paths):
 
 
 def main():
-    kernel_dir = sh(f"{REPO}/kernel/build")
-    guest = sh(f"{REPO}/scripts/build-guest")
-    subprocess.run(["cargo", "build", "--quiet", "--release", "-p", "bulkhead-cli"], cwd=REPO, check=True)
-    bulkhead = f"{REPO}/target/release/bulkhead"
+    bulkhead, kernel_dir = build()
     med = statistics.median
     with tempfile.TemporaryDirectory() as tmp:
-        env = dict(os.environ, BULKHEAD_ROOT=f"{tmp}/store", BULKHEAD_RUN_ROOT=f"{tmp}/run", BULKHEAD_GUEST=guest,
-                   BULKHEAD_NETWORK="none")
-        rootfs = f"{tmp}/bundle/rootfs"
-        busybox_rootfs(rootfs)
-        sh("tar", "-C", rootfs, "-cf", f"{tmp}/busybox.tar", ".")
-        subprocess.run([bulkhead, "kernel", "import", f"{kernel_dir}/vmlinux"], env=env, check=True, capture_output=True)
-        subprocess.run([bulkhead, "import", f"{tmp}/busybox.tar", "busybox"], env=env, check=True, capture_output=True)
+        env = busybox_store(bulkhead, kernel_dir, tmp)
         start = time.monotonic()
         subprocess.run([bulkhead, "template", "warm", "--network", "none"], env=env, check=True, capture_output=True)
         warm_s = time.monotonic() - start
