@@ -204,11 +204,19 @@ fn build(paths: &Paths, config: &SandboxConfig, meta: &TemplateMeta, home: &Path
     std::fs::write(&meta_path, serde_json::to_vec_pretty(meta).expect("plain data serializes"))
         .map_err(Error::io("writing", &meta_path))?;
     // Only the state and its description move into place; the scratch disks go with `work`.
-    let staged = dir(paths).join(format!(".staged-{key}"));
+    install(work.path(), &["state", "memory", "meta.json"], home)
+}
+
+/// Moves the files `names` of the build directory `work` into a directory that then becomes
+/// `home` in one rename: a template is there whole or not at all.
+fn install(work: &Path, names: &[&str], home: &Path) -> Result<(), Error> {
+    let parent = home.parent().unwrap_or(Path::new("."));
+    let name = home.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let staged = parent.join(format!(".staged-{name}"));
     let _ = std::fs::remove_dir_all(&staged);
     std::fs::create_dir(&staged).map_err(Error::io("creating", &staged))?;
-    for name in ["state", "memory", "meta.json"] {
-        std::fs::rename(work.path().join(name), staged.join(name))
+    for name in names {
+        std::fs::rename(work.join(name), staged.join(name))
             .map_err(Error::io("moving", staged.join(name)))?;
     }
     std::fs::rename(&staged, home).map_err(Error::io("installing template", home))
@@ -356,15 +364,7 @@ fn build_image(
     for path in [&memory, &disk] {
         File::open(path).and_then(|f| f.sync_all()).map_err(Error::io("syncing", path))?;
     }
-    let staged =
-        images.join(format!(".staged-{}", home.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
-    let _ = std::fs::remove_dir_all(&staged);
-    std::fs::create_dir(&staged).map_err(Error::io("creating", &staged))?;
-    for name in ["state", "memory", "disk.qcow2"] {
-        std::fs::rename(work.path().join(name), staged.join(name))
-            .map_err(Error::io("moving", staged.join(name)))?;
-    }
-    std::fs::rename(&staged, home).map_err(Error::io("installing template", home))
+    install(work.path(), &["state", "memory", "disk.qcow2"], home)
 }
 
 /// Forgets an image template that failed to restore.
