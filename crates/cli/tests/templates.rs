@@ -228,15 +228,11 @@ fn an_image_the_guest_cannot_mount_fails_with_one_line_and_leaves_no_template_of
     assert!(err.contains("/proc") && err.trim().lines().count() == 1, "{err}");
     let key = template_keys(&env).pop().unwrap();
     let images = env.root().join("templates").join(&key).join("images");
-    let installed: Vec<_> = std::fs::read_dir(&images)
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.path().is_dir() && !e.file_name().to_string_lossy().starts_with('.'))
-                .count()
-        })
-        .into_iter()
-        .collect();
-    assert!(installed.iter().all(|n| *n == 0), "a specialisation of the bad image was installed");
+    // No images/ directory at all, or one without an installed specialisation.
+    let installed = std::fs::read_dir(&images).map_or(0, |d| {
+        d.flatten().filter(|e| e.path().is_dir() && !e.file_name().to_string_lossy().starts_with('.')).count()
+    });
+    assert_eq!(installed, 0, "a specialisation of the bad image was installed");
     // A good image still starts from the same template.
     env.ok(&["run", "--rm", "busybox", "true"]);
     assert_eq!(template_keys(&env), vec![key]);
